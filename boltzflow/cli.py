@@ -1,0 +1,179 @@
+"""Command line: ``boltzflow systems | sample | estimate``.
+
+Errors a user can fix (unknown system, bad option, unreadable run folder) print one line naming the
+problem and exit with status 2; a Ctrl-C leaves the checkpoint in place and says how to resume.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from .samplers import SAMPLERS, sample
+from .samplers.checkpoint import CheckpointError
+from .samples import SampleSet, SampleSetError
+from .systems import System, UnknownSystemError, list_systems, load_system
+from .systems.observables import State
+
+
+class CLIError(Exception):
+    """A problem with the user's request, reported as one line."""
+
+
+def _parse_options(pairs: Sequence[str]) -> dict[str, Any]:
+    """``["thin=500", "platform=CPU"]`` -> ``{"thin": 500, "platform": "CPU"}``."""
+    options: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        if not sep or not key.isidentifier():
+            raise CLIError(f"option '{pair}' must look like KEY=VALUE, e.g. thin=500")
+        try:
+            options[key] = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            options[key] = text
+    return options
+
+
+def _cmd_systems(args: argparse.Namespace) -> int:
+    infos = list_systems()
+    if args.json:
+        print(json.dumps([{**vars(i), "folder": str(i.folder)} for i in infos], indent=2))
+        return 0
+    rows = [("name", "dim", "temperature", "backend", "description")]
+    for i in infos:
+        temp = f"{i.temperature:g} K" if i.units.endswith("K") else f"kT={i.temperature:g}"
+        rows.append((i.name, str(i.dim or "?"), temp, i.backend, i.description))
+    widths = [max(len(r[c]) for r in rows) for c in range(4)]
+    for r in rows:
+        print("  ".join(r[c].ljust(widths[c]) for c in range(4)) + "  " + r[4])
+    return 0
+
+
+def _cmd_sample(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    final = out / "samples.npz"
+    if final.exists() and not args.force:
+        raise CLIError(f"{final} exists already; use --force to overwrite it or choose another --out")
+    system_options = {}
+    if args.platform:
+        system_options["platform"] = args.platform
+    if args.workers:
+        system_options["n_workers"] = args.workers
+    if args.temperature:
+        system_options["temperature"] = args.temperature
+    system = load_system(args.system, **system_options)
+    options = _parse_options(args.option)
+    checkpoint = out / "checkpoint.npz"
+    try:
+        samples = sample(
+            system, sampler=args.sampler, n=args.n, seed=args.seed,
+            progress=not args.quiet, checkpoint=checkpoint, **options,
+        )
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: progress is kept in {checkpoint}; run the same command again to resume",
+              file=sys.stderr)
+        return 130
+    except TypeError as err:
+        raise CLIError(str(err)) from None
+    written = [samples.save(out)]
+    if system.topology is not None:
+        written.append(samples.save_trajectory(out / "trajectory.dcd", system.topology))
+        written.append(samples[:1].save_trajectory(out / "topology.pdb", system.topology))
+    if not args.no_plot:
+        from .plots import plot_samples
+
+        written.append(plot_samples(samples, system, out / "overview.png"))
+    checkpoint.unlink(missing_ok=True)
+    print(f"{samples}; wrote {', '.join(str(p) for p in written)}")
+    return 0
+
+
+def _system_for(samples: SampleSet) -> System | None:
+    """The system that produced the samples, if it can be found, for its observables and states."""
+    source = samples.metadata.get("system_source")
+    for ref in (source if source and Path(source).is_dir() else None, samples.metadata.get("system")):
+        if ref:
+            try:
+                return load_system(ref)
+            except (UnknownSystemError, FileNotFoundError, ValueError):
+                continue
+    return None
+
+
+def _cmd_estimate(args: argparse.Namespace) -> int:
+    from .estimate.report import format_table, summarize
+
+    samples = SampleSet.load(args.run)
+    system = _system_for(samples)
+    observables = dict(system.observables) if system is not None else {}
+    states = None
+    if args.state_a or args.state_b:
+        if not (args.state_a and args.state_b):
+            raise CLIError("give both --state-a and --state-b")
+        states = (State(args.state_a, observables), State(args.state_b, observables))
+    elif system is not None and {"A", "B"} <= set(system.states):
+        states = (system.states["A"], system.states["B"])
+    summary = summarize(samples, observables=observables, states=states, seed=args.seed)
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        print(format_table(summary))
+    if args.plot:
+        from .plots import plot_samples
+
+        print(f"wrote {plot_samples(samples, system, Path(args.plot))}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``boltzflow`` argument parser."""
+    parser = argparse.ArgumentParser(prog="boltzflow", description="Boltzmann sampling with flows, MCMC and MD.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("systems", help="list the built-in systems")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(run=_cmd_systems)
+
+    p = sub.add_parser("sample", help="draw samples and save them to a run folder")
+    p.add_argument("system", help="built-in system name or path to a system folder")
+    p.add_argument("--sampler", default="md", choices=sorted(SAMPLERS), help="sampler (default: md)")
+    p.add_argument("--n", type=int, default=10_000, help="number of samples (default: 10000)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    p.add_argument("--out", required=True, help="run folder for samples, trajectory, plot and checkpoint")
+    p.add_argument("-o", "--option", action="append", default=[], metavar="KEY=VALUE",
+                   help="sampler option, repeatable (e.g. -o thin=500 -o timestep_fs=1.0)")
+    p.add_argument("--platform", help="OpenMM platform: auto, Reference, CPU, CUDA, OpenCL")
+    p.add_argument("--workers", type=int, help="OpenMM energy worker processes")
+    p.add_argument("--temperature", type=float, help="override the system temperature (K or reduced)")
+    p.add_argument("--force", action="store_true", help="overwrite existing samples in --out")
+    p.add_argument("--no-plot", action="store_true", help="do not write overview.png")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(run=_cmd_sample)
+
+    p = sub.add_parser("estimate", help="estimates with uncertainties from a run folder")
+    p.add_argument("run", help="run folder or samples .npz file")
+    p.add_argument("--state-a", help="state A for ΔF, e.g. 'phi < 0' (default: the system's state A)")
+    p.add_argument("--state-b", help="state B for ΔF, e.g. 'phi > 0' (default: the system's state B)")
+    p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--plot", help="also write histograms of the observables to this PNG file")
+    p.set_defaults(run=_cmd_estimate)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``boltzflow`` console script."""
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except (CLIError, UnknownSystemError, FileNotFoundError, SampleSetError, CheckpointError, ValueError) as err:
+        print(f"boltzflow {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

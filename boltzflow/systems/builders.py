@@ -1,0 +1,179 @@
+"""Builders: one function per system ``type`` turning a ``system.toml`` definition into a System.
+
+Each builder takes ``(folder, definition, **options)``; options override the definition (e.g. the
+OpenMM platform). Adding a system type means adding one function to :data:`BUILDERS`.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from ..energy.base import Energy
+from .observables import State, observable_from_spec
+from .system import System
+
+
+def _check_options(kind: str, options: dict[str, Any], allowed: set[str]) -> None:
+    unknown = set(options) - allowed
+    if unknown:
+        known = ", ".join(sorted(allowed)) or "none"
+        raise TypeError(f"unknown option(s) {', '.join(sorted(unknown))} for a '{kind}' system (allowed: {known})")
+
+
+def _parameters(definition: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
+    params = dict(definition.get("parameters", {}))
+    unknown = set(params) - set(defaults)
+    if unknown:
+        raise ValueError(f"system '{definition['name']}': unknown parameter(s) {', '.join(sorted(unknown))}")
+    return {**defaults, **params}
+
+
+def _finish(
+    folder: Path,
+    definition: dict[str, Any],
+    energy: Energy,
+    x0: np.ndarray,
+    n_dims: int,
+    **extra: Any,
+) -> System:
+    """Attach the common fields (observables, states, metadata) and check the definition."""
+    if "dim" in definition and int(definition["dim"]) != energy.dim:
+        raise ValueError(f"system '{definition['name']}': definition says dim={definition['dim']}, energy has {energy.dim}")
+    observables = {
+        name: observable_from_spec(name, spec, n_dims) for name, spec in definition.get("observables", {}).items()
+    }
+    states = {name: State(expr, observables) for name, expr in definition.get("states", {}).items()}
+    if "x0" in definition:
+        x0 = np.asarray(definition["x0"], dtype=np.float64)
+    system = System(
+        name=definition["name"],
+        energy=energy,
+        temperature=float(definition["temperature"]),
+        x0=x0,
+        backend=definition.get("backend", "numba"),
+        units=definition.get("units", "reduced"),
+        observables=observables,
+        states=states,
+        description=definition.get("description", ""),
+        source=folder,
+        **extra,
+    )
+    u0 = energy.evaluate(system.x0.numpy()[None], need_gradient=False).energy[0]
+    if not np.isfinite(u0):
+        raise ValueError(f"system '{definition['name']}': the starting configuration has a non-finite energy")
+    return system
+
+
+def cluster_start(n_particles: int, n_dims: int, spacing: float) -> np.ndarray:
+    """A compact, overlap-free start: the ``n_particles`` grid points nearest the centre.
+
+    Parameters
+    ----------
+    n_particles, n_dims : int
+        Cluster size and spatial dimension.
+    spacing : float
+        Grid spacing (e.g. the pair-potential minimum distance).
+
+    Returns
+    -------
+    np.ndarray
+        ``(n_particles * n_dims,)`` coordinates with zero centre of mass.
+    """
+    side = int(np.ceil(n_particles ** (1.0 / n_dims))) + 2
+    axis = np.arange(side) - (side - 1) / 2
+    grid = np.stack(np.meshgrid(*([axis] * n_dims), indexing="ij"), -1).reshape(-1, n_dims)
+    order = np.lexsort((*grid.T[::-1], (grid**2).sum(-1)))
+    points = grid[order[:n_particles]] * spacing
+    return (points - points.mean(0)).reshape(-1)
+
+
+def build_double_well(folder: Path, definition: dict[str, Any], **options: Any) -> System:
+    """2D double well ``u = (a·x1 + b·x1² + c·x1⁴ + ½·x2²) / kT`` (numba kernel)."""
+    from ..energy.double_well import DoubleWellEnergy
+
+    _check_options("double_well", options, set())
+    p = _parameters(definition, {"a": -0.5, "b": -6.0, "c": 1.0})
+    energy = DoubleWellEnergy(a=p["a"], b=p["b"], c=p["c"], kT=float(definition["temperature"]))
+    return _finish(folder, definition, energy, np.array([-1.7, 0.0]), n_dims=2)
+
+
+def build_multi_double_well(folder: Path, definition: dict[str, Any], **options: Any) -> System:
+    """Particles with a pairwise double well in distance (DW4), numba kernel."""
+    from ..energy.multi_double_well import MultiDoubleWellEnergy
+
+    _check_options("multi_double_well", options, set())
+    p = _parameters(definition, {"n_particles": 4, "n_dims": 2, "a": 0.9, "b": -4.0, "d0": 4.0})
+    energy = MultiDoubleWellEnergy(
+        n_particles=int(p["n_particles"]), n_dims=int(p["n_dims"]), a=p["a"], b=p["b"], d0=p["d0"],
+        kT=float(definition["temperature"]),
+    )
+    x0 = cluster_start(int(p["n_particles"]), int(p["n_dims"]), spacing=p["d0"])
+    return _finish(folder, definition, energy, x0, n_dims=int(p["n_dims"]))
+
+
+def build_lennard_jones(folder: Path, definition: dict[str, Any], **options: Any) -> System:
+    """Lennard-Jones cluster (pair sum once) plus a harmonic restraint to the centre of mass."""
+    from ..energy.lennard_jones import LennardJonesEnergy
+    from ..energy.restraints import CenterOfMassRestraint
+
+    _check_options("lennard_jones", options, set())
+    p = _parameters(
+        definition, {"n_particles": 13, "n_dims": 3, "epsilon": 1.0, "rm": 1.0, "restraint_k": 1.0}
+    )
+    n, d, kT = int(p["n_particles"]), int(p["n_dims"]), float(definition["temperature"])
+    energy = LennardJonesEnergy(n, d, epsilon=p["epsilon"], rm=p["rm"], kT=kT)
+    if p["restraint_k"] > 0:
+        energy = energy + CenterOfMassRestraint(n, d, k=p["restraint_k"], kT=kT)
+    return _finish(folder, definition, energy, cluster_start(n, d, spacing=p["rm"]), n_dims=d)
+
+
+def build_openmm(folder: Path, definition: dict[str, Any], **options: Any) -> System:
+    """A molecule from a structure file and OpenMM force field files (OpenMM bridge energy).
+
+    Options: ``platform`` ("auto", "Reference", "CPU", "CUDA", "OpenCL") and ``n_workers``.
+    """
+    from ..energy.openmm_bridge import OpenMMEnergy
+    from .openmm_builder import build_openmm_system
+
+    _check_options("openmm", options, {"platform", "n_workers"})
+    omm_system, topology, positions = build_openmm_system(folder, definition)
+    energy = OpenMMEnergy(
+        omm_system,
+        temperature=float(definition["temperature"]),
+        platform=options.get("platform", definition.get("platform", "auto")),
+        n_workers=int(options.get("n_workers", definition.get("n_workers", 1))),
+    )
+    return _finish(
+        folder, definition, energy, np.asarray(positions).reshape(-1), n_dims=3,
+        topology=topology, openmm_system=omm_system,
+    )
+
+
+def build_python(folder: Path, definition: dict[str, Any], **options: Any) -> System:
+    """A user system defined in code: ``module`` (a .py file in the folder) with ``build(definition, **options)``."""
+    path = folder / definition.get("module", "system.py")
+    if not path.is_file():
+        raise FileNotFoundError(f"system '{definition['name']}': module {path} not found")
+    spec = importlib.util.spec_from_file_location(f"boltzflow_user_system_{definition['name']}", path)
+    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    if not hasattr(module, "build"):
+        raise AttributeError(f"{path} must define build(definition, **options) -> boltzflow.System")
+    system = module.build(definition, **options)
+    if not isinstance(system, System):
+        raise TypeError(f"{path}: build() returned {type(system).__name__}, expected boltzflow.System")
+    system.source = folder
+    return system
+
+
+BUILDERS: dict[str, Callable[..., System]] = {
+    "double_well": build_double_well,
+    "multi_double_well": build_multi_double_well,
+    "lennard_jones": build_lennard_jones,
+    "openmm": build_openmm,
+    "python": build_python,
+}

@@ -1,0 +1,172 @@
+"""Observables (functions of configurations) and states (boolean regions) declared by systems.
+
+A system folder declares them in its ``system.toml``::
+
+    [observables]
+    phi = { dihedral = [4, 6, 8, 14] }   # radians, atoms 0-based
+    x1  = { coordinate = 0 }
+
+    [states]
+    A = "phi < 0"
+    B = "phi > 0 & psi < 2"
+
+Every observable maps an ``(N, D)`` numpy array to ``(N,)`` values; every state maps it to an
+``(N,)`` boolean mask. Both are plain callables, so the estimation layer never needs to know
+where they came from.
+"""
+
+from __future__ import annotations
+
+import operator
+import re
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+Observable = Callable[[np.ndarray], np.ndarray]
+
+
+def _points(x: np.ndarray, n_dims: int) -> np.ndarray:
+    return np.asarray(x, dtype=np.float64).reshape(x.shape[0], -1, n_dims)
+
+
+@dataclass(frozen=True)
+class Coordinate:
+    """The ``index``-th degree of freedom."""
+
+    index: int
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return np.asarray(x)[:, self.index]
+
+
+@dataclass(frozen=True)
+class Distance:
+    """Distance between particles ``i`` and ``j`` (nm for molecules)."""
+
+    i: int
+    j: int
+    n_dims: int = 3
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        p = _points(x, self.n_dims)
+        return np.linalg.norm(p[:, self.i] - p[:, self.j], axis=-1)
+
+
+@dataclass(frozen=True)
+class Angle:
+    """Bond angle i-j-k in radians, in [0, π]."""
+
+    i: int
+    j: int
+    k: int
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        p = _points(x, 3)
+        a, b = p[:, self.i] - p[:, self.j], p[:, self.k] - p[:, self.j]
+        cos = (a * b).sum(-1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1))
+        return np.arccos(np.clip(cos, -1.0, 1.0))
+
+
+@dataclass(frozen=True)
+class Dihedral:
+    """Dihedral (torsion) angle i-j-k-l in radians, in (−π, π], IUPAC sign convention."""
+
+    i: int
+    j: int
+    k: int
+    l: int  # noqa: E741 - the conventional name of the fourth atom
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        p = _points(x, 3)
+        b0 = p[:, self.i] - p[:, self.j]
+        b1 = p[:, self.k] - p[:, self.j]
+        b2 = p[:, self.l] - p[:, self.k]
+        b1 = b1 / np.linalg.norm(b1, axis=-1, keepdims=True)
+        v = b0 - (b0 * b1).sum(-1, keepdims=True) * b1
+        w = b2 - (b2 * b1).sum(-1, keepdims=True) * b1
+        return np.arctan2((np.cross(b1, v) * w).sum(-1), (v * w).sum(-1))
+
+
+@dataclass(frozen=True)
+class RadiusOfGyration:
+    """Radius of gyration of all particles (equal masses)."""
+
+    n_dims: int = 3
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        p = _points(x, self.n_dims)
+        return np.sqrt(((p - p.mean(axis=1, keepdims=True)) ** 2).sum(-1).mean(-1))
+
+
+_KINDS: dict[str, Callable[..., Observable]] = {
+    "coordinate": lambda v, n_dims: Coordinate(int(v)),
+    "distance": lambda v, n_dims: Distance(int(v[0]), int(v[1]), n_dims),
+    "angle": lambda v, n_dims: Angle(*map(int, v)),
+    "dihedral": lambda v, n_dims: Dihedral(*map(int, v)),
+    "radius_of_gyration": lambda v, n_dims: RadiusOfGyration(n_dims),
+}
+
+
+def observable_from_spec(name: str, spec: dict, n_dims: int) -> Observable:
+    """Build an observable from its ``system.toml`` entry, e.g. ``{dihedral = [4, 6, 8, 14]}``.
+
+    Parameters
+    ----------
+    name : str
+        Name used in error messages.
+    spec : dict
+        Exactly one key among ``coordinate``, ``distance``, ``angle``, ``dihedral``,
+        ``radius_of_gyration``.
+    n_dims : int
+        Spatial dimension of particles (2 or 3) for distances.
+    """
+    if not isinstance(spec, dict) or len(spec) != 1:
+        raise ValueError(f"observable '{name}' must have exactly one kind, got {spec!r}")
+    kind, value = next(iter(spec.items()))
+    if kind not in _KINDS:
+        raise ValueError(f"observable '{name}': unknown kind '{kind}' (known: {', '.join(_KINDS)})")
+    try:
+        return _KINDS[kind](value, n_dims)
+    except (TypeError, ValueError, IndexError) as err:
+        raise ValueError(f"observable '{name}': bad arguments {value!r} for '{kind}': {err}") from None
+
+
+_COMPARISONS = {"<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge}
+_CONDITION = re.compile(r"^\s*([A-Za-z_]\w*)\s*(<=|>=|<|>)\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*$")
+
+
+@dataclass(frozen=True)
+class State:
+    """A region of configuration space: a conjunction of ``observable <op> value`` conditions.
+
+    Parameters
+    ----------
+    expression : str
+        E.g. ``"phi < 0"`` or ``"phi > 0 & psi < 2"``.
+    observables : dict
+        Observables the expression may name.
+    """
+
+    expression: str
+    observables: dict
+
+    def __post_init__(self) -> None:
+        for part in self.expression.split("&"):
+            match = _CONDITION.match(part)
+            if match is None:
+                raise ValueError(
+                    f"cannot parse state condition '{part.strip()}' in '{self.expression}' "
+                    "(expected e.g. 'phi < 0'; join conditions with '&')"
+                )
+            if match.group(1) not in self.observables:
+                known = ", ".join(sorted(self.observables)) or "none"
+                raise ValueError(f"state '{self.expression}' uses unknown observable '{match.group(1)}' (known: {known})")
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        mask = np.ones(np.asarray(x).shape[0], dtype=bool)
+        for part in self.expression.split("&"):
+            name, op, value = _CONDITION.match(part).groups()  # type: ignore[union-attr]
+            mask &= _COMPARISONS[op](self.observables[name](x), float(value))
+        return mask

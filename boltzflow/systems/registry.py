@@ -1,0 +1,148 @@
+"""Find, list and load systems: built-in ``systems/<name>/`` folders or a user's own folder.
+
+A system folder holds a ``system.toml`` definition (and any structure file it names). Common keys::
+
+    name, description, type, backend, temperature, units, x0 (optional), [parameters],
+    [observables], [states]
+
+``type`` selects a builder in :mod:`boltzflow.systems.builders`. Built-in folders ship inside the
+wheel as the package ``boltzflow._systems``; from a source checkout they are read from the
+repository's ``systems/`` folder.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import tomllib
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from .builders import BUILDERS
+from .system import System
+
+DEFINITION_FILE = "system.toml"
+
+
+class UnknownSystemError(KeyError):
+    """Raised for a system name that is neither built in nor a folder with a system.toml."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0])
+
+
+@dataclass(frozen=True)
+class SystemInfo:
+    """What ``boltzflow systems`` prints about a system without building it."""
+
+    name: str
+    dim: int | None
+    temperature: float
+    units: str
+    backend: str
+    description: str
+    folder: Path
+
+
+def builtin_systems_dir() -> Path:
+    """The folder holding the built-in system folders."""
+    try:
+        return Path(str(resources.files("boltzflow._systems")))
+    except ModuleNotFoundError:
+        return Path(__file__).resolve().parents[2] / "systems"
+
+
+def read_definition(folder: Path) -> dict[str, Any]:
+    """Parse ``folder/system.toml`` with clear errors."""
+    path = folder / DEFINITION_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{folder} is not a system folder: no {DEFINITION_FILE} in it")
+    try:
+        with open(path, "rb") as f:
+            definition = tomllib.load(f)
+    except tomllib.TOMLDecodeError as err:
+        raise ValueError(f"{path}: invalid TOML: {err}") from None
+    for key in ("name", "type", "temperature"):
+        if key not in definition:
+            raise ValueError(f"{path}: missing required key '{key}'")
+    if definition["type"] not in BUILDERS:
+        raise ValueError(f"{path}: unknown system type '{definition['type']}' (known: {', '.join(sorted(BUILDERS))})")
+    return definition
+
+
+def builtin_names() -> list[str]:
+    """Names of the built-in systems, sorted."""
+    root = builtin_systems_dir()
+    return sorted(p.name for p in root.iterdir() if (p / DEFINITION_FILE).is_file()) if root.is_dir() else []
+
+
+def find_system_folder(name_or_path: str | os.PathLike) -> Path:
+    """Resolve a built-in name or a path to a system folder.
+
+    Raises
+    ------
+    UnknownSystemError
+        With the close matches among the built-in names.
+    """
+    text = str(name_or_path)
+    path = Path(text).expanduser()
+    if path.is_dir():
+        return path
+    if path.name == DEFINITION_FILE and path.is_file():
+        return path.parent
+    folder = builtin_systems_dir() / text
+    if (folder / DEFINITION_FILE).is_file():
+        return folder
+    names = builtin_names()
+    close = difflib.get_close_matches(text, names, n=3)
+    hint = f" Did you mean {', '.join(close)}?" if close else ""
+    raise UnknownSystemError(
+        f"unknown system '{text}': not a built-in system and not a folder with a {DEFINITION_FILE}."
+        f"{hint} Built-in systems: {', '.join(names)}."
+    )
+
+
+def system_info(name_or_path: str | os.PathLike) -> SystemInfo:
+    """Describe a system from its definition file, without building it."""
+    folder = find_system_folder(name_or_path)
+    d = read_definition(folder)
+    return SystemInfo(
+        name=d["name"],
+        dim=d.get("dim"),
+        temperature=float(d["temperature"]),
+        units=d.get("units", "reduced"),
+        backend=d.get("backend", "numba"),
+        description=d.get("description", ""),
+        folder=folder,
+    )
+
+
+def list_systems() -> list[SystemInfo]:
+    """Information on every built-in system."""
+    return [system_info(name) for name in builtin_names()]
+
+
+def load_system(name_or_path: str | os.PathLike, **options: Any) -> System:
+    """Build a system by built-in name or from a folder with a ``system.toml``.
+
+    Parameters
+    ----------
+    name_or_path : str or path
+        E.g. ``"alanine_dipeptide_implicit"`` or ``"path/to/my_system"``.
+    **options
+        Builder options overriding the definition, e.g. ``platform="CPU"`` or ``n_workers=2``
+        for OpenMM systems, ``temperature=350.0`` for any system.
+
+    Returns
+    -------
+    System
+    """
+    folder = find_system_folder(name_or_path)
+    definition = read_definition(folder)
+    temperature = options.pop("temperature", None)
+    system = BUILDERS[definition["type"]](folder, definition, **options)
+    if temperature is not None:
+        system = system.at_temperature(float(temperature))
+    return system
