@@ -1,0 +1,132 @@
+"""Standard errors: autocorrelation for chains, bootstrap for weighted samples, plain SE otherwise.
+
+Every estimator in :mod:`boltzflow.estimate` is a smooth function of weighted sample means. It
+hands :func:`estimate_error` two things: the estimator as a function of resampled indices (for the
+bootstrap) and its per-sample *influence* series ``psi`` (the linearisation, delta method), whose
+mean's standard error is the estimate's standard error. :func:`estimate_error` then chooses:
+
+* correlated samples (``metadata["correlated"]``: MD / MCMC chains): ``SE = sqrt(var(psi) * g / n)``
+  with ``g`` the statistical inefficiency of ``psi`` (pymbar), estimated per chain (in time order)
+  and combined as the length-weighted mean ``g = sum_c n_c g_c / n``. This is exact for chains
+  sampling the same stationary distribution; it cannot see chains stuck in different states.
+* independent weighted samples: bootstrap (resampling whole samples) of the estimator itself;
+* independent unweighted samples: ``SE = std(psi) / sqrt(n)``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, NamedTuple
+
+import numpy as np
+
+from ..samples import SampleSet
+from ._pymbar import import_pymbar
+
+
+class Uncertainty(NamedTuple):
+    """A standard error, the statistical inefficiency behind it (1 if independent) and the method."""
+
+    error: float
+    inefficiency: float
+    method: str
+
+
+def statistical_inefficiency(
+    series: np.ndarray, chain: np.ndarray | None = None, time: np.ndarray | None = None
+) -> float:
+    """Statistical inefficiency ``g = 1 + 2 tau`` of a (multi-chain) time series.
+
+    Parameters
+    ----------
+    series : np.ndarray
+        ``(N,)`` values in stored order.
+    chain : np.ndarray, optional
+        ``(N,)`` chain index; each chain is analysed separately.
+    time : np.ndarray, optional
+        ``(N,)`` time of each value; a chain's values are put in time order first.
+
+    Returns
+    -------
+    float
+        Length-weighted mean of the per-chain ``g`` (pymbar's ``statistical_inefficiency``).
+        Chains shorter than 3 values or constant ones count as ``g = 1``.
+    """
+    series = np.asarray(series, dtype=np.float64).reshape(-1)
+    if series.size == 0:
+        return 1.0
+    timeseries = import_pymbar().timeseries
+    chain = np.zeros(series.size, dtype=np.int64) if chain is None else np.asarray(chain)
+    order = np.lexsort((np.arange(series.size) if time is None else time, chain))
+    total = 0.0
+    for values in np.split(series[order], np.flatnonzero(np.diff(chain[order])) + 1):
+        varies = values.size >= 3 and np.ptp(values) > 0
+        total += values.size * (timeseries.statistical_inefficiency(values) if varies else 1.0)
+    return total / series.size
+
+
+def bootstrap_error(
+    statistic: Callable[[np.ndarray], float], n: int, *, n_bootstrap: int = 200, seed: int = 0
+) -> float:
+    """Bootstrap standard error of ``statistic`` over ``n`` independent samples.
+
+    Parameters
+    ----------
+    statistic : callable
+        ``statistic(indices) -> float`` evaluates the estimator on the samples ``indices``
+        (an ``(n,)`` integer array drawn with replacement).
+    n : int
+        Number of samples.
+    n_bootstrap : int
+        Number of resamples (at least 2).
+    seed : int
+        Seed of the ``numpy.random.Generator``.
+
+    Returns
+    -------
+    float
+        Standard deviation of the resampled statistic; ``inf`` if any resample gives a non-finite
+        value (e.g. a resample without weight in a state).
+    """
+    if n_bootstrap < 2:
+        raise ValueError(f"n_bootstrap must be at least 2, got {n_bootstrap}")
+    rng = np.random.default_rng(seed)
+    replicates = np.array([statistic(rng.integers(0, n, size=n)) for _ in range(n_bootstrap)])
+    if not np.isfinite(replicates).all():
+        return math.inf
+    return float(np.std(replicates, ddof=1))
+
+
+def estimate_error(
+    samples: SampleSet,
+    statistic: Callable[[np.ndarray], float],
+    influence: np.ndarray,
+    *,
+    n_bootstrap: int = 200,
+    seed: int = 0,
+) -> Uncertainty:
+    """Standard error of an estimator, by the method suited to ``samples`` (see module docstring).
+
+    Parameters
+    ----------
+    samples : SampleSet
+        The samples the estimator was computed from (only arrays and ``correlated`` are read).
+    statistic : callable
+        ``statistic(indices) -> float``: the estimator on a resample, for the bootstrap.
+    influence : np.ndarray
+        ``(N,)`` influence series of the estimator (its linearisation; mean zero).
+    n_bootstrap, seed : int
+        Bootstrap settings.
+    """
+    n = len(samples)
+    influence = np.asarray(influence, dtype=np.float64)
+    if n < 2:
+        return Uncertainty(math.inf, 1.0, "fewer than 2 samples")
+    if samples.correlated:
+        g = statistical_inefficiency(influence, samples.chain, samples.time)
+        error = math.sqrt(float(np.var(influence, ddof=1)) * g / n)
+        return Uncertainty(error, g, f"autocorrelation (g={g:.3g})")
+    if samples.is_weighted:
+        error = bootstrap_error(statistic, n, n_bootstrap=n_bootstrap, seed=seed)
+        return Uncertainty(error, 1.0, f"bootstrap ({n_bootstrap})")
+    return Uncertainty(float(np.std(influence, ddof=1)) / math.sqrt(n), 1.0, "standard error")

@@ -1,0 +1,314 @@
+"""Tests of boltzflow.estimate: values against exact results, and error bars that are honest."""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+
+import numpy as np
+import pytest
+from scipy import integrate
+
+from boltzflow.estimate import (
+    Estimate,
+    LowESSWarning,
+    bar,
+    ess,
+    exp_average,
+    expectation,
+    format_table,
+    free_energy_difference,
+    free_energy_difference_between_states,
+    log_partition_function,
+    normalized_log_weights,
+    relative_ess,
+    statistical_inefficiency,
+    summarize,
+)
+from boltzflow.samples import SampleSet
+
+SEEDS = range(30)
+
+
+def assert_calibrated(estimates: list[Estimate], exact: float) -> None:
+    """Across seeds, the reported errors must match the actual scatter around the exact value."""
+    values = np.array([e.value for e in estimates])
+    errors = np.array([e.error for e in estimates])
+    assert np.all(np.isfinite(errors)) and np.all(errors > 0)
+    z = (values - exact) / errors
+    assert np.mean(np.abs(z) < 2.0) >= 0.8, z
+    assert 0.3 < np.mean(z**2) < 2.5, z
+
+
+def importance_samples(x: np.ndarray, u: np.ndarray, log_q: np.ndarray) -> SampleSet:
+    return SampleSet(x, u, log_weights=-u - log_q, metadata={"correlated": False, "normalized_proposal": True})
+
+
+def gaussian_proposal(seed: int, n: int, dim: int, sigma_q: float) -> tuple[np.ndarray, np.ndarray]:
+    x = np.random.default_rng(seed).normal(0.0, sigma_q, size=(n, dim))
+    log_q = np.sum(-0.5 * x**2 / sigma_q**2 - 0.5 * math.log(2 * math.pi * sigma_q**2), axis=1)
+    return x, log_q
+
+
+def gaussian_target(seed: int, mu: np.ndarray, sigma: np.ndarray, n: int = 1000) -> SampleSet:
+    x, log_q = gaussian_proposal(seed, n, len(mu), sigma_q=2.0)
+    u = np.sum((x - mu) ** 2 / (2 * sigma**2), axis=1)
+    return importance_samples(x, u, log_q)
+
+
+def double_well_u(x: np.ndarray) -> np.ndarray:
+    return -0.5 * x - 6.0 * x**2 + x**4
+
+
+def double_well(seed: int, n: int = 4000) -> SampleSet:
+    x, log_q = gaussian_proposal(seed, n, 1, sigma_q=1.5)
+    return importance_samples(x, double_well_u(x[:, 0]), log_q)
+
+
+def in_left(x: np.ndarray) -> np.ndarray:
+    return x[:, 0] < 0
+
+
+def in_right(x: np.ndarray) -> np.ndarray:
+    return x[:, 0] > 0
+
+
+def first_coordinate(x: np.ndarray) -> np.ndarray:
+    return x[:, 0]
+
+
+# ----------------------------------------------------------------------------- weights / ESS
+def test_kish_ess_hand_computed_cases() -> None:
+    assert ess(np.zeros(7)) == pytest.approx(7.0)
+    assert ess(np.array([0.0, -np.inf, -np.inf])) == pytest.approx(1.0)
+    assert ess(np.array([0.0, 0.0, math.log(2.0), -np.inf])) == pytest.approx(16 / 6)
+    assert ess(np.array([0.0, 0.0, -np.inf])) == pytest.approx(2.0)
+    for offset in (1e4, -1e4):
+        assert ess(np.log([1.0, 1.0, 2.0]) + offset) == pytest.approx(16 / 6)
+    assert ess(np.full(3, -np.inf)) == 0.0
+    assert relative_ess(np.array([0.0, 0.0, math.log(2.0), -np.inf])) == pytest.approx(16 / 24)
+
+
+def test_normalized_log_weights_and_sample_set_input() -> None:
+    log_w = np.log([1.0, 1.0, 2.0]) + 1e4
+    assert np.exp(normalized_log_weights(log_w)) == pytest.approx([0.25, 0.25, 0.5])
+    assert np.all(normalized_log_weights(np.full(2, -np.inf)) == -np.inf)
+    samples = SampleSet(np.zeros((4, 1)), [0.0, 0.0, 0.0, np.inf], log_weights=np.log([1.0, 1.0, 2.0, 5.0]))
+    assert ess(samples) == pytest.approx(16 / 6)  # the failed sample has zero weight
+    with pytest.raises(ValueError):
+        ess(np.array([0.0, np.nan]))
+
+
+# ----------------------------------------------------------------------------- Estimate
+def test_estimate_formatting_and_dict() -> None:
+    assert str(Estimate(4.7123, 0.0812)) == "4.71 ± 0.08"
+    assert str(Estimate(4.7123, 0.0123)) == "4.712 ± 0.012"
+    loud = Estimate(float("nan"), float("inf"), reliable=False, message="no weight")
+    assert "UNRELIABLE: no weight" in str(loud)
+    assert json.loads(json.dumps(Estimate(1.0, 0.1, ess=3, n=5, method="m").to_dict()))["ess"] == 3.0
+
+
+# ----------------------------------------------------------------------------- importance sampling
+@pytest.mark.parametrize(
+    "mu, sigma", [(np.array([1.0]), np.array([1.0])), (np.array([1.0, -0.5]), np.array([1.0, 0.7]))]
+)
+def test_gaussian_importance_sampling_is_calibrated(mu: np.ndarray, sigma: np.ndarray) -> None:
+    sets = [gaussian_target(seed, mu, sigma) for seed in SEEDS]
+    log_z = [log_partition_function(s, seed=seed) for seed, s in enumerate(sets)]
+    mean_x = [expectation(s, first_coordinate, seed=seed) for seed, s in enumerate(sets)]
+    assert all(e.reliable for e in log_z + mean_x)
+    assert_calibrated(log_z, float(np.sum(0.5 * np.log(2 * math.pi * sigma**2))))
+    assert_calibrated(mean_x, mu[0])
+
+
+def test_double_well_against_quadrature() -> None:
+    def weight(x: float) -> float:
+        return math.exp(-double_well_u(x))
+
+    z_left = integrate.quad(weight, -5, 0)[0]
+    z_right = integrate.quad(weight, 0, 5)[0]
+    z = z_left + z_right
+    mean_x = integrate.quad(lambda x: x * weight(x), -5, 5, points=[0.0])[0] / z
+
+    sets = [double_well(seed) for seed in SEEDS]
+    delta_f = [free_energy_difference(s, in_left, in_right, seed=seed) for seed, s in enumerate(sets)]
+    means = [expectation(s, first_coordinate, seed=seed) for seed, s in enumerate(sets)]
+    log_z = [log_partition_function(s, seed=seed) for seed, s in enumerate(sets)]
+    assert all(e.reliable for e in delta_f + means + log_z)
+    assert_calibrated(delta_f, -math.log(z_right / z_left))
+    assert_calibrated(means, mean_x)
+    assert_calibrated(log_z, math.log(z))
+
+
+def test_log_z_needs_a_normalised_proposal() -> None:
+    samples = SampleSet(np.zeros((3, 1)), np.zeros(3), metadata={"correlated": True})
+    with pytest.raises(ValueError, match="normalized_proposal"):
+        log_partition_function(samples)
+
+
+# ----------------------------------------------------------------------------- correlated chains
+def ar1_chains(seed: int, n_chains: int = 4, length: int = 2000, rho: float = 0.9) -> SampleSet:
+    rng = np.random.default_rng(seed)
+    x = np.empty((n_chains, length))
+    x[:, 0] = rng.normal(size=n_chains)
+    noise = math.sqrt(1 - rho**2) * rng.normal(size=(n_chains, length))
+    for t in range(1, length):
+        x[:, t] = rho * x[:, t - 1] + noise[:, t]
+    return SampleSet(
+        x.reshape(-1, 1),
+        0.5 * x.reshape(-1) ** 2,
+        chain=np.repeat(np.arange(n_chains), length),
+        time=np.tile(np.arange(length), n_chains),
+        metadata={"correlated": True},
+    )
+
+
+def test_correlated_chains_error_uses_autocorrelation() -> None:
+    sets = [ar1_chains(seed) for seed in SEEDS]
+    estimates = [expectation(s, first_coordinate) for s in sets]
+    assert_calibrated(estimates, 0.0)
+    for s, est in zip(sets, estimates):
+        naive = np.std(s.x[:, 0], ddof=1) / math.sqrt(len(s))
+        assert est.error >= 2.0 * naive
+        assert est.ess == pytest.approx(len(s) / 19.0, rel=0.4)  # g = (1 + rho) / (1 - rho) = 19
+
+
+def test_statistical_inefficiency_and_time_order() -> None:
+    samples = ar1_chains(0, n_chains=2, length=20000)
+    assert statistical_inefficiency(samples.x[:, 0], samples.chain) == pytest.approx(19.0, rel=0.2)
+    shuffled = samples[np.random.default_rng(1).permutation(len(samples))]
+    a, b = expectation(samples, first_coordinate), expectation(shuffled, first_coordinate)
+    assert b.value == pytest.approx(a.value, abs=1e-12)
+    assert b.error == pytest.approx(a.error, rel=1e-9)
+
+
+# ----------------------------------------------------------------------------- failed samples
+def with_failures(samples: SampleSet, n_failed: int, seed: int) -> SampleSet:
+    """``samples`` in the same order, with failed draws (NaN coordinates, +inf energy) interleaved."""
+    n = len(samples) + n_failed
+    failed = np.zeros(n, dtype=bool)
+    failed[np.random.default_rng(seed).choice(n, size=n_failed, replace=False)] = True
+    x = np.full((n, samples.dim), np.nan)
+    energies = np.full(n, np.inf)
+    log_weights = np.zeros(n)
+    x[~failed], energies[~failed], log_weights[~failed] = samples.x, samples.energies, samples.log_weights
+    return SampleSet(x, energies, log_weights=log_weights, metadata=samples.metadata)
+
+
+def test_failed_samples_have_zero_weight_and_count_as_draws() -> None:
+    clean = double_well(0, n=2000)
+    dirty = with_failures(clean, 50, seed=1)
+    assert dirty.n_failed == 50 and np.isnan(dirty.x).any()
+
+    def strict_x(x: np.ndarray) -> np.ndarray:
+        assert np.isfinite(x).all(), "observable evaluated on a failed sample"
+        return x[:, 0]
+
+    def strict_left(x: np.ndarray) -> np.ndarray:
+        return strict_x(x) < 0
+
+    for estimator in (
+        lambda s: expectation(s, strict_x),
+        lambda s: expectation(s, s.energies),
+        lambda s: free_energy_difference(s, strict_left, in_right),
+    ):
+        a, b = estimator(clean), estimator(dirty)
+        assert (b.value, b.error, b.ess) == (a.value, a.error, a.ess)
+    z_clean, z_dirty = log_partition_function(clean), log_partition_function(dirty)
+    assert z_dirty.value == pytest.approx(z_clean.value + math.log(2000 / 2050), abs=1e-12)
+    assert z_dirty.n == 2050
+
+
+# ----------------------------------------------------------------------------- low ESS
+def test_one_dominant_weight_is_unreliable() -> None:
+    log_w = np.full(100, -50.0)
+    log_w[0] = 0.0
+    samples = SampleSet(np.arange(100.0)[:, None], np.zeros(100), log_weights=log_w)
+    with pytest.warns(LowESSWarning):
+        est = expectation(samples, first_coordinate)
+    assert not est.reliable and est.ess < 2 and "effective samples" in est.message
+    assert "UNRELIABLE" in str(est)
+
+
+def test_all_zero_weights_give_nan_with_infinite_error() -> None:
+    samples = SampleSet(
+        np.full((5, 1), np.nan), np.full(5, np.inf), metadata={"correlated": False, "normalized_proposal": True}
+    )
+    with pytest.warns(LowESSWarning):
+        estimates = [
+            expectation(samples, first_coordinate),
+            log_partition_function(samples),
+            free_energy_difference(samples, in_left, in_right),
+        ]
+    for est in estimates:
+        assert math.isnan(est.value) and est.error == math.inf and not est.reliable and est.ess == 0.0
+
+
+def test_empty_state_is_flagged_by_name() -> None:
+    samples = double_well(0, n=1000)
+    with pytest.warns(LowESSWarning, match="state B has no sample"):
+        est = free_energy_difference(samples, in_left, lambda x: x[:, 0] > 100.0)
+    assert est.value == math.inf and est.error == math.inf and not est.reliable
+    with pytest.warns(LowESSWarning, match="state A has only"):
+        est = free_energy_difference(samples, lambda x: x[:, 0] < -2.6, in_right)
+    assert not est.reliable and math.isfinite(est.value)
+
+
+# ----------------------------------------------------------------------------- BAR / EXP
+def harmonic_works(seed: int, k_a: float = 1.0, k_b: float = 4.0, n: int = 500) -> tuple[np.ndarray, ...]:
+    """Reduced energies ``u_a(x_a), u_b(x_a), u_a(x_b), u_b(x_b)`` of two harmonic oscillators."""
+    rng = np.random.default_rng(seed)
+    x_a = rng.normal(0.0, 1 / math.sqrt(k_a), n)
+    x_b = rng.normal(0.0, 1 / math.sqrt(k_b), n)
+    return 0.5 * k_a * x_a**2, 0.5 * k_b * x_a**2, 0.5 * k_a * x_b**2, 0.5 * k_b * x_b**2
+
+
+def test_bar_and_exp_on_harmonic_oscillators() -> None:
+    exact = 0.5 * math.log(4.0)
+    bar_estimates, exp_estimates = [], []
+    for seed in SEEDS:
+        aa, ba, ab, bb = harmonic_works(seed)
+        bar_estimates.append(bar(ba - aa, ab - bb))
+        exp_estimates.append(exp_average(ba - aa))
+        assert free_energy_difference_between_states(aa, ba, ab, bb) == bar_estimates[-1]
+    assert all(e.reliable for e in bar_estimates + exp_estimates)
+    assert_calibrated(bar_estimates, exact)
+    assert_calibrated(exp_estimates, exact)
+    assert np.geterr()["over"] == "warn"  # pymbar.bar's np.seterr must not leak
+
+
+def test_bar_without_overlap_is_not_confident() -> None:
+    aa, ba, ab, bb = harmonic_works(0)
+    with pytest.warns(LowESSWarning):
+        est = bar(ba - aa + 1000.0, ab - bb + 1000.0)
+    assert not est.reliable and est.error == math.inf
+    with pytest.raises(ValueError):
+        bar(np.array([np.inf, 1.0]), ab - bb)
+
+
+# ----------------------------------------------------------------------------- report
+def test_summarize_and_format_table() -> None:
+    samples = double_well(3)
+    observables = {"x": first_coordinate, "x^2": lambda x: x[:, 0] ** 2}
+    summary = summarize(samples, observables, states=(in_left, in_right), seed=3)
+    json.dumps(summary)
+    assert {"n", "n_failed", "ess", "relative_ess", "mean_energy", "observables", "delta_f", "log_z"} <= set(summary)
+    assert summary["ess"] == ess(samples)
+    assert summary["mean_energy"] == expectation(samples, samples.energies, seed=3).to_dict()
+    assert summary["observables"]["x"] == expectation(samples, first_coordinate, seed=3).to_dict()
+    assert summary["delta_f"] == free_energy_difference(samples, in_left, in_right, seed=3).to_dict()
+    assert summary["log_z"] == log_partition_function(samples, seed=3).to_dict()
+
+    table = format_table(summary)
+    lines = table.splitlines()
+    assert lines[0].split() == ["quantity", "value", "error", "notes"]
+    for label in ("<x>", "<x^2>", "Delta F B-A (kT)", "log Z", "ESS (Kish)"):
+        assert label in table
+    assert "!!" not in table
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", LowESSWarning)
+        poor = summarize(samples[:3], {"x": first_coordinate})
+    assert "!! <x>" in format_table(poor)
+    assert "log_z" in poor and "delta_f" not in poor
