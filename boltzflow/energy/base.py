@@ -139,11 +139,9 @@ class Energy(ABC):
         """
         flat, _ = self.flatten_batch(x)
         n = flat.shape[0]
-        energy = np.full(n, np.inf)
-        gradient = np.zeros_like(flat) if need_gradient else None
         ok = np.isfinite(flat).all(axis=1)
-        if ok.any():
-            rows = flat if ok.all() else np.ascontiguousarray(flat[ok])
+        rows = flat if ok.all() else np.ascontiguousarray(flat[ok])
+        if rows.shape[0]:
             u, g = self._evaluate(rows, need_gradient)
             u = np.asarray(u, dtype=np.float64).reshape(-1)
             if u.shape[0] != rows.shape[0]:
@@ -151,11 +149,19 @@ class Energy(ABC):
             good = np.isfinite(u)
             if need_gradient:
                 g = np.asarray(g, dtype=np.float64).reshape(rows.shape)
-                good &= np.isfinite(g).all(axis=1)
-            idx = np.flatnonzero(ok)
-            energy[idx[good]] = u[good]
+                good &= np.isfinite(g.sum(axis=1))
+        else:
+            u, g, good = np.empty(0), np.empty((0, self.dim)), np.empty(0, dtype=bool)
+        if rows is flat and good.all():
+            # Fast path (the common case): no failed rows, no copies.
+            energy, gradient = u, g if need_gradient else None
+        else:
+            energy = np.full(n, np.inf)
+            gradient = np.zeros_like(flat) if need_gradient else None
+            idx = np.flatnonzero(ok)[good]
+            energy[idx] = u[good]
             if need_gradient:
-                gradient[idx[good]] = g[good]
+                gradient[idx] = g[good]
         n_failed = int(np.count_nonzero(~np.isfinite(energy)))
         self.n_evaluated += n
         self.n_failed += n_failed
