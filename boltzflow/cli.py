@@ -136,7 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("systems", help="list the built-in systems")
     p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.set_defaults(run=_cmd_systems)
+    p.set_defaults(handler=_cmd_systems)
 
     p = sub.add_parser("sample", help="draw samples and save them to a run folder")
     p.add_argument("system", help="built-in system name or path to a system folder")
@@ -152,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="overwrite existing samples in --out")
     p.add_argument("--no-plot", action="store_true", help="do not write overview.png")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(run=_cmd_sample)
+    p.set_defaults(handler=_cmd_sample)
 
     p = sub.add_parser("estimate", help="estimates with uncertainties from a run folder")
     p.add_argument("run", help="run folder or samples .npz file")
@@ -161,7 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--plot", help="also write histograms of the observables to this PNG file")
-    p.set_defaults(run=_cmd_estimate)
+    p.set_defaults(handler=_cmd_estimate)
     return parser
 
 
@@ -169,7 +169,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``boltzflow`` console script."""
     args = build_parser().parse_args(argv)
     try:
-        return args.run(args)
+        return args.handler(args)
     except (CLIError, UnknownSystemError, FileNotFoundError, SampleSetError, CheckpointError, ValueError) as err:
         print(f"boltzflow {args.command}: error: {err}", file=sys.stderr)
         return 2
