@@ -13,6 +13,7 @@ import numpy as np  # noqa: E402
 
 from .io import atomic_write  # noqa: E402
 from .samples import SampleSet  # noqa: E402
+from .systems.observables import Dihedral  # noqa: E402
 from .systems.system import System  # noqa: E402
 
 
@@ -55,7 +56,9 @@ def plot_samples(samples: SampleSet, system: System | None, path: str | os.PathL
     axes_flat = list(axes.ravel())
     for ax, name in zip(axes_flat, panels):
         values = samples.energies[keep] if name == "energy" else observables[name](x)
-        ax.hist(values, bins=60, weights=w, density=True, color="C0", alpha=0.8)
+        periodic = isinstance(observables.get(name), Dihedral)
+        ax.hist(values, bins=60, weights=w, density=True, color="C0", alpha=0.8,
+                range=(-np.pi, np.pi) if periodic else None)
         ax.set_xlabel("reduced energy u [kT]" if name == "energy" else name)
         ax.set_ylabel("density")
     if ramachandran:
@@ -70,6 +73,7 @@ def plot_samples(samples: SampleSet, system: System | None, path: str | os.PathL
         fig.colorbar(image, ax=ax, label="free energy [kT]")
         ax.set_xlabel("φ [rad]")
         ax.set_ylabel("ψ [rad]")
+        ax.set_aspect("equal")
     for ax in axes_flat[n_panels:]:
         ax.axis("off")
     name = samples.metadata.get("system", "samples")

@@ -16,7 +16,6 @@ import difflib
 import os
 import tomllib
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -48,10 +47,9 @@ class SystemInfo:
 
 def builtin_systems_dir() -> Path:
     """The folder holding the built-in system folders."""
-    try:
-        return Path(str(resources.files("boltzflow._systems")))
-    except ModuleNotFoundError:
-        return Path(__file__).resolve().parents[2] / "systems"
+    package = Path(__file__).resolve().parents[1]
+    installed = package / "_systems"  # the wheel's copy of systems/
+    return installed if installed.is_dir() else package.parent / "systems"
 
 
 def read_definition(folder: Path) -> dict[str, Any]:
