@@ -1,6 +1,5 @@
 """Systems: registry, user systems, observables/states, and the shared Energy behaviour."""
 
-import math
 import textwrap
 
 import numpy as np

@@ -6,13 +6,10 @@ import numpy as np
 from numba import njit, prange
 
 from .base import Energy
-
-# Fast-math flags that keep IEEE inf/nan semantics (no ``nnan``/``ninf``); ``error_model="numpy"``
-# makes division by zero give inf/nan rather than raise, as the base class expects.
-_FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
+from .particles import FASTMATH, check_finite
 
 
-@njit(parallel=True, cache=True, fastmath=_FASTMATH, error_model="numpy")
+@njit(parallel=True, cache=True, fastmath=FASTMATH, error_model="numpy")
 def _double_well_kernel(
     x: np.ndarray,
     a: float,
@@ -58,15 +55,9 @@ class DoubleWellEnergy(Energy):
     """
 
     def __init__(self, a: float = -0.5, b: float = -6.0, c: float = 1.0, kT: float = 1.0) -> None:
-        if not all(np.isfinite(v) for v in (a, b, c)):
-            raise ValueError(f"coefficients must be finite, got a={a}, b={b}, c={c}")
-        if not (np.isfinite(kT) and kT > 0):
-            raise ValueError(f"kT must be positive and finite, got {kT}")
         super().__init__(2)
-        self.a = float(a)
-        self.b = float(b)
-        self.c = float(c)
-        self.kT = float(kT)
+        self.a, self.b, self.c = (check_finite(name, v) for name, v in (("a", a), ("b", b), ("c", c)))
+        self.kT = check_finite("kT", kT, positive=True)
 
     def _evaluate(self, x: np.ndarray, need_gradient: bool) -> tuple[np.ndarray, np.ndarray | None]:
         energy = np.empty(x.shape[0])

@@ -5,16 +5,10 @@ from __future__ import annotations
 import numpy as np
 from numba import get_num_threads, njit, prange
 
-from .base import Energy
-
-# Fast-math flags that keep IEEE inf/nan semantics (no ``nnan``/``ninf``): overlapping particles
-# (r = 0) must give a non-finite energy, which the base class turns into +inf. The kernels also use
-# ``error_model="numpy"``: division by zero gives inf/nan instead of raising, and without the
-# zero check the division loop vectorises.
-_FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
+from .particles import FASTMATH, ParticleEnergy, check_finite
 
 
-@njit(parallel=True, cache=True, fastmath=_FASTMATH, error_model="numpy")
+@njit(parallel=True, cache=True, fastmath=FASTMATH, error_model="numpy")
 def _lennard_jones_kernel(
     x: np.ndarray,
     n_chunks: int,
@@ -85,7 +79,7 @@ def _lennard_jones_kernel(
                         gradient[b, i * n_dims + k] = gradient_scale * grad[k, i]
 
 
-class LennardJonesEnergy(Energy):
+class LennardJonesEnergy(ParticleEnergy):
     """Lennard-Jones cluster of identical particles (numba kernel, float64).
 
     .. math::
@@ -133,22 +127,9 @@ class LennardJonesEnergy(Energy):
         rm: float = 1.0,
         kT: float = 1.0,
     ) -> None:
-        if n_particles < 2:
-            raise ValueError(f"a Lennard-Jones cluster needs at least 2 particles, got {n_particles}")
-        if n_dims < 1:
-            raise ValueError(f"n_dims must be positive, got {n_dims}")
-        if not (np.isfinite(epsilon) and epsilon > 0):
-            raise ValueError(f"epsilon must be positive and finite, got {epsilon}")
-        if not (np.isfinite(rm) and rm > 0):
-            raise ValueError(f"rm must be positive and finite, got {rm}")
-        if not (np.isfinite(kT) and kT > 0):
-            raise ValueError(f"kT must be positive and finite, got {kT}")
-        super().__init__(n_particles * n_dims, (n_particles, n_dims))
-        self.n_particles = int(n_particles)
-        self.n_dims = int(n_dims)
-        self.epsilon = float(epsilon)
-        self.rm = float(rm)
-        self.kT = float(kT)
+        super().__init__(n_particles, n_dims, kT, min_particles=2)
+        self.epsilon = check_finite("epsilon", epsilon, positive=True)
+        self.rm = check_finite("rm", rm, positive=True)
 
     def _evaluate(self, x: np.ndarray, need_gradient: bool) -> tuple[np.ndarray, np.ndarray | None]:
         energy = np.empty(x.shape[0])

@@ -5,14 +5,10 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from .base import Energy
-
-# Fast-math flags that keep IEEE inf/nan semantics (no ``nnan``/``ninf``); ``error_model="numpy"``
-# makes division by zero give inf/nan rather than raise, as the base class expects.
-_FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
+from .particles import FASTMATH, ParticleEnergy, check_finite
 
 
-@njit(parallel=True, cache=True, fastmath=_FASTMATH, error_model="numpy")
+@njit(parallel=True, cache=True, fastmath=FASTMATH, error_model="numpy")
 def _multi_double_well_kernel(
     x: np.ndarray,
     n_particles: int,
@@ -54,7 +50,7 @@ def _multi_double_well_kernel(
         energy[row] = u * inv_kT
 
 
-class MultiDoubleWellEnergy(Energy):
+class MultiDoubleWellEnergy(ParticleEnergy):
     """Double-well pair potential of ``n_particles`` particles, the DW4 benchmark (numba, float64).
 
     .. math::
@@ -92,21 +88,10 @@ class MultiDoubleWellEnergy(Energy):
         d0: float = 4.0,
         kT: float = 1.0,
     ) -> None:
-        if n_particles < 2:
-            raise ValueError(f"a pair potential needs at least 2 particles, got {n_particles}")
-        if n_dims < 1:
-            raise ValueError(f"n_dims must be positive, got {n_dims}")
-        if not all(np.isfinite(v) for v in (a, b, d0)):
-            raise ValueError(f"coefficients must be finite, got a={a}, b={b}, d0={d0}")
-        if not (np.isfinite(kT) and kT > 0):
-            raise ValueError(f"kT must be positive and finite, got {kT}")
-        super().__init__(n_particles * n_dims, (n_particles, n_dims))
-        self.n_particles = int(n_particles)
-        self.n_dims = int(n_dims)
-        self.a = float(a)
-        self.b = float(b)
-        self.d0 = float(d0)
-        self.kT = float(kT)
+        super().__init__(n_particles, n_dims, kT, min_particles=2)
+        self.a = check_finite("a", a)
+        self.b = check_finite("b", b)
+        self.d0 = check_finite("d0", d0)
 
     def _evaluate(self, x: np.ndarray, need_gradient: bool) -> tuple[np.ndarray, np.ndarray | None]:
         energy = np.empty(x.shape[0])

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import Energy
+from .particles import ParticleEnergy, check_finite
 
 
-class CenterOfMassRestraint(Energy):
+class CenterOfMassRestraint(ParticleEnergy):
     """Harmonic restraint of every particle to the centre of the configuration.
 
     .. math::
@@ -33,19 +33,8 @@ class CenterOfMassRestraint(Energy):
     """
 
     def __init__(self, n_particles: int, n_dims: int, k: float = 1.0, kT: float = 1.0) -> None:
-        if n_particles < 1:
-            raise ValueError(f"n_particles must be positive, got {n_particles}")
-        if n_dims < 1:
-            raise ValueError(f"n_dims must be positive, got {n_dims}")
-        if not (np.isfinite(k) and k >= 0):
-            raise ValueError(f"k must be non-negative and finite, got {k}")
-        if not (np.isfinite(kT) and kT > 0):
-            raise ValueError(f"kT must be positive and finite, got {kT}")
-        super().__init__(n_particles * n_dims, (n_particles, n_dims))
-        self.n_particles = int(n_particles)
-        self.n_dims = int(n_dims)
-        self.k = float(k)
-        self.kT = float(kT)
+        super().__init__(n_particles, n_dims, kT)
+        self.k = check_finite("k", k, non_negative=True)
 
     def _evaluate(self, x: np.ndarray, need_gradient: bool) -> tuple[np.ndarray, np.ndarray | None]:
         pos = x.reshape(-1, self.n_particles, self.n_dims)
