@@ -42,7 +42,9 @@ def _finish(
 ) -> System:
     """Attach the common fields (observables, states, metadata) and check the definition."""
     if "dim" in definition and int(definition["dim"]) != energy.dim:
-        raise ValueError(f"system '{definition['name']}': definition says dim={definition['dim']}, energy has {energy.dim}")
+        raise ValueError(
+            f"system '{definition['name']}': definition says dim={definition['dim']}, energy has {energy.dim}"
+        )
     observables = {
         name: observable_from_spec(name, spec, n_dims) for name, spec in definition.get("observables", {}).items()
     }

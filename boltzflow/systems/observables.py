@@ -162,7 +162,9 @@ class State:
                 )
             if match.group(1) not in self.observables:
                 known = ", ".join(sorted(self.observables)) or "none"
-                raise ValueError(f"state '{self.expression}' uses unknown observable '{match.group(1)}' (known: {known})")
+                raise ValueError(
+                    f"state '{self.expression}' uses unknown observable '{match.group(1)}' (known: {known})"
+                )
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         mask = np.ones(np.asarray(x).shape[0], dtype=bool)
