@@ -84,11 +84,15 @@ def implicit_pool(implicit):
 
 
 def alive(pid: int) -> bool:
+    """True if the process exists and is not a zombie waiting to be reaped."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    return True
+    try:
+        return "\tZ" not in Path(f"/proc/{pid}/status").read_text().split("State:")[1].split("\n")[0]
+    except (FileNotFoundError, IndexError):
+        return False
 
 
 # ---------------------------------------------------------------------- system construction
@@ -348,3 +352,46 @@ def test_pickle_round_trip(vacuum):
     u = energy.evaluate(x).energy
     clone = pickle.loads(pickle.dumps(energy))
     np.testing.assert_allclose(clone.evaluate(x).energy, u, rtol=1e-12)
+
+
+# ---------------------------------------------------------------------- whole-process lifecycle
+_SCRIPT = """
+import sys
+import numpy as np
+import boltzflow as bf
+
+if __name__ == "__main__":
+    system = bf.load_system("alanine_dipeptide_vacuum", n_workers=2)
+    x = np.repeat(system.x0.numpy()[None], 50_000 if sys.argv[1] == "loop" else 10, axis=0)
+    system.energy.evaluate(x[:10])
+    print(" ".join(map(str, system.energy.worker_pool.pids)), flush=True)
+    while sys.argv[1] == "loop":
+        system.energy.evaluate(x)
+"""
+
+
+@pytest.mark.parametrize("mode", ["exit", "loop"])
+def test_no_worker_outlives_its_parent(tmp_path, mode):
+    """Workers stop at interpreter exit without close(), and after Ctrl-C during a batch."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "run.py"
+    script.write_text(_SCRIPT)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = subprocess.Popen([sys.executable, str(script), mode], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=env)
+    pids = [int(p) for p in proc.stdout.readline().split()]
+    assert len(pids) == 2
+    if mode == "loop":
+        time.sleep(0.5)  # inside a batch
+        proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    if mode == "loop":
+        assert "KeyboardInterrupt" in err
+    else:
+        assert proc.returncode == 0, err
+    deadline = time.monotonic() + 10
+    while any(alive(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(alive(pid) for pid in pids)
