@@ -11,6 +11,9 @@ from typing import Any, Callable
 def atomic_write(path: Path, write: Callable[[Any], Any]) -> None:
     """Call ``write(fileobj)`` on a temporary file beside ``path``, then rename it over ``path``."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; results should be readable like any other
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
