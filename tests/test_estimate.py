@@ -312,3 +312,20 @@ def test_summarize_and_format_table() -> None:
         poor = summarize(samples[:3], {"x": first_coordinate})
     assert "!! <x>" in format_table(poor)
     assert "log_z" in poor and "delta_f" not in poor
+
+
+def test_chains_stuck_in_different_states_inflate_the_error():
+    """8 well-mixed-looking chains, half stuck around 0 and half around 3: the error must show it."""
+    from boltzflow.estimate.uncertainty import between_chain_error
+
+    rng = np.random.default_rng(0)
+    n_per, centres = 1000, np.repeat([0.0, 3.0], 4)
+    x = np.concatenate([c + rng.normal(size=n_per) for c in centres])[:, None]
+    chain = np.repeat(np.arange(8), n_per)
+    samples = SampleSet(x=x, energies=np.zeros(x.shape[0]), chain=chain, metadata={"correlated": True})
+    est = expectation(samples, lambda x: x[:, 0])
+    naive = x.std() / np.sqrt(x.shape[0])
+    assert "spread of 8 chain means" in est.method
+    assert est.error > 10 * naive
+    assert est.error == pytest.approx(between_chain_error(x[:, 0], chain))
+    assert est.error == pytest.approx(np.std(x.reshape(8, n_per).mean(1), ddof=1) / np.sqrt(8))

@@ -8,7 +8,11 @@ mean's standard error is the estimate's standard error. :func:`estimate_error` t
 * correlated samples (``metadata["correlated"]``: MD / MCMC chains): ``SE = sqrt(var(psi) * g / n)``
   with ``g`` the statistical inefficiency of ``psi`` (pymbar), estimated per chain (in time order)
   and combined as the length-weighted mean ``g = sum_c n_c g_c / n``. This is exact for chains
-  sampling the same stationary distribution; it cannot see chains stuck in different states.
+  sampling the same stationary distribution, but blind to chains stuck in different states. So
+  with at least :data:`MIN_CHAINS_FOR_SPREAD` chains, the spread of the chain means
+  (:func:`between_chain_error`) is compared with that error: if it is larger than chance allows
+  (a chi-square test at level :data:`SPREAD_TEST_LEVEL`, the idea behind R-hat), the chains
+  disagree and the spread becomes the error. No error bar can see a state no chain has visited.
 * independent weighted samples: bootstrap (resampling whole samples) of the estimator itself;
 * independent unweighted samples: ``SE = std(psi) / sqrt(n)``.
 """
@@ -19,9 +23,17 @@ import math
 from typing import Callable, NamedTuple
 
 import numpy as np
+from scipy.stats import chi2
 
 from ..samples import SampleSet
 from ._pymbar import import_pymbar
+
+
+MIN_CHAINS_FOR_SPREAD = 8
+"""Fewest chains for which the spread of chain means is checked against the error."""
+
+SPREAD_TEST_LEVEL = 0.999
+"""Quantile of the chi-square test that decides whether chain means disagree."""
 
 
 class Uncertainty(NamedTuple):
@@ -63,6 +75,36 @@ def statistical_inefficiency(
         varies = values.size >= 3 and np.ptp(values) > 0
         total += values.size * (timeseries.statistical_inefficiency(values) if varies else 1.0)
     return total / series.size
+
+
+def between_chain_error(series: np.ndarray, chain: np.ndarray) -> float:
+    """Standard error of the mean of ``series`` from the spread of its per-chain means.
+
+    Treats each chain's mean as one independent estimate, weighted by chain length ``n_c``:
+    ``SE^2 = C / (C - 1) * sum_c (n_c / n)^2 (m_c - m)^2`` (``var(m_c) / C`` for equal lengths).
+
+    Parameters
+    ----------
+    series : np.ndarray
+        ``(N,)`` values.
+    chain : np.ndarray
+        ``(N,)`` chain index.
+
+    Returns
+    -------
+    float
+        The standard error; ``nan`` with fewer than 2 chains.
+    """
+    series = np.asarray(series, dtype=np.float64).reshape(-1)
+    labels, index = np.unique(np.asarray(chain), return_inverse=True)
+    n_chains = labels.size
+    if n_chains < 2:
+        return math.nan
+    counts = np.bincount(index, minlength=n_chains).astype(np.float64)
+    means = np.bincount(index, weights=series, minlength=n_chains) / counts
+    weights = counts / counts.sum()
+    mean = float(weights @ means)
+    return math.sqrt(n_chains / (n_chains - 1) * float((weights**2) @ (means - mean) ** 2))
 
 
 def bootstrap_error(
@@ -125,6 +167,15 @@ def estimate_error(
     if samples.correlated:
         g = statistical_inefficiency(influence, samples.chain, samples.time)
         error = math.sqrt(float(np.var(influence, ddof=1)) * g / n)
+        n_chains = 1 if samples.chain is None else np.unique(samples.chain).size
+        if n_chains >= MIN_CHAINS_FOR_SPREAD:
+            spread = between_chain_error(influence, samples.chain)
+            # Same distribution in every chain: (C - 1) * (spread / error)^2 ~ chi2(C - 1).
+            threshold = chi2.ppf(SPREAD_TEST_LEVEL, n_chains - 1) / (n_chains - 1)
+            if spread**2 > threshold * error**2:
+                # Chains disagree more than their autocorrelation explains: trust the spread.
+                g = g * (spread / error) ** 2 if error > 0 else math.inf
+                return Uncertainty(spread, g, f"spread of {n_chains} chain means")
         return Uncertainty(error, g, f"autocorrelation (g={g:.3g})")
     if samples.is_weighted:
         error = bootstrap_error(statistic, n, n_bootstrap=n_bootstrap, seed=seed)
