@@ -118,9 +118,12 @@ def _cmd_estimate(args: argparse.Namespace) -> int:
     elif system is not None and {"A", "B"} <= set(system.states):
         states = (system.states["A"], system.states["B"])
     summary = summarize(samples, observables=observables, states=states, seed=args.seed)
+    meta = samples.metadata
+    summary["run"] = {k: meta.get(k) for k in ("system", "sampler", "temperature", "seed")}
     if args.json:
         print(json.dumps(summary, indent=2))
     else:
+        print(" | ".join(f"{k} {v}" for k, v in summary["run"].items() if v is not None))
         print(format_table(summary))
     if args.plot:
         from .plots import plot_samples
