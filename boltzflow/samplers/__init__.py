@@ -13,6 +13,7 @@ from ..samples import SampleSet
 from ..systems.system import System
 from .mala import sample_mala
 from .openmm_md import sample_openmm_md
+from .umbrella import sample_umbrella_md
 
 
 def sample_md(system: System, n: int, seed: int = 0, **options: Any) -> SampleSet:
@@ -28,11 +29,15 @@ def sample_md(system: System, n: int, seed: int = 0, **options: Any) -> SampleSe
 SAMPLERS: dict[str, Callable[..., SampleSet]] = {
     "md": sample_md,
     "mala": sample_mala,
+    "umbrella": sample_umbrella_md,
 }
 
 
 def _check_options(name: str, fn: Callable, options: dict[str, Any]) -> None:
-    allowed = [p for p in inspect.signature(fn).parameters if p not in ("system", "n", "seed")]
+    parameters = inspect.signature(fn).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return  # options pass through to an inner sampler, which checks them
+    allowed = [p for p in parameters if p not in ("system", "n", "seed")]
     unknown = sorted(set(options) - set(allowed))
     if unknown:
         raise TypeError(f"sampler '{name}' has no option(s) {', '.join(unknown)}; options: {', '.join(allowed)}")
