@@ -2,16 +2,18 @@
 
 Writes, under ``data/``:
 
-* ``<system>/samples.npz`` (+ ``.json``) — baseline samples of each built-in system: independent
-  OpenMM Langevin trajectories for alanine dipeptide (one per process), long MALA runs for the
-  numba systems;
-* ``reference.json`` — reference estimates with uncertainties (mean reduced energy, observables,
-  ΔF between the system's states A and B, φ/ψ histograms for alanine dipeptide), plus exact
-  quadrature values for ``double_well_2d``.
+* ``<system>/samples.npz`` (+ ``.json``) — reference samples of each built-in system: long MALA
+  runs for the numba systems; for alanine dipeptide, umbrella MD (a static bias on φ learnt by
+  metadynamics, exact importance weights) in independent trajectories, one per process;
+* ``reference.json`` — per system, the estimates with uncertainties (mean reduced energy,
+  observables, ΔF between the system's states A and B) of each method run: ``"md"`` (plain MD or
+  MALA: the baseline flows are compared with), ``"umbrella"`` (alanine dipeptide: the reference
+  ΔF, since plain MD at 300 K almost never visits φ > 0), ``"exact"`` (quadrature, double well),
+  and a weighted φ/ψ histogram (``"ramachandran"``) for KL comparisons.
 
 Usage::
 
-    python data/make_reference.py                      # everything (about 30 min on 2 cores)
+    python data/make_reference.py                      # everything (about an hour on 2 cores)
     python data/make_reference.py --only double_well_2d lj13
 
 Runs checkpoint under ``data/.work/``; rerunning the same command resumes after a kill.
@@ -31,13 +33,16 @@ from scipy import integrate
 import boltzflow as bf
 from boltzflow.estimate.report import summarize
 from boltzflow.io import atomic_write
+from boltzflow.samplers.umbrella import dihedral_atoms, metadynamics_bias
 
 HERE = Path(__file__).resolve().parent
 WORK = HERE / ".work"
 
-# simulated time per trajectory (ns) and number of parallel trajectories for the OpenMM systems
+# simulated time per trajectory (ns): plain MD and umbrella MD, for the OpenMM systems
 MD_PLAN = {"alanine_dipeptide_implicit": 15.0, "alanine_dipeptide_vacuum": 25.0}
+UMBRELLA_PLAN = {"alanine_dipeptide_implicit": 10.0, "alanine_dipeptide_vacuum": 10.0}
 MD_FRAME_PS = 5.0
+METADYNAMICS_NS = 2.0
 # MALA plan for the numba systems: (samples, chains, thin, warmup)
 MALA_PLAN = {
     "double_well_2d": (20_000, 64, 50, 5_000),
@@ -47,22 +52,35 @@ MALA_PLAN = {
 }
 
 
-def _md_chain(args: tuple[str, float, int]) -> bf.SampleSet:
-    name, ns, seed = args
+def _md_chain(args: tuple[str, str, float, int, list[float] | None]) -> bf.SampleSet:
+    name, sampler, ns, seed, bias = args
     system = bf.load_system(name)
-    thin = int(MD_FRAME_PS * 1000)  # 1 fs steps
+    options = {} if sampler == "md" else {"bias_kj": bias}
     samples = bf.sample(
-        system, sampler="md", n=int(ns * 1000 / MD_FRAME_PS), seed=seed, thin=thin, equilibration_ps=100.0,
-        progress=seed == 0, checkpoint=WORK / f"{name}.chain{seed}.npz", checkpoint_seconds=120.0,
+        system, sampler=sampler, n=int(ns * 1000 / MD_FRAME_PS), seed=seed, thin=int(MD_FRAME_PS * 1000),
+        equilibration_ps=100.0, progress=seed == 0, checkpoint=WORK / f"{name}.{sampler}.chain{seed}.npz",
+        checkpoint_seconds=120.0, **options,
     )
     samples.chain[:] = seed
     return samples
 
 
-def run_md(name: str, ns: float, n_chains: int) -> bf.SampleSet:
-    """Independent MD trajectories of ``ns`` each, one process per trajectory."""
+def run_md(name: str, sampler: str, ns: float, n_chains: int) -> bf.SampleSet:
+    """Independent trajectories of ``ns`` each, one process per trajectory.
+
+    For umbrella MD the bias is learnt once (metadynamics) and shared by all trajectories.
+    """
+    bias = None
+    if sampler == "umbrella":
+        system = bf.load_system(name)
+        bias_file = WORK / f"{name}.bias.npy"
+        if not bias_file.exists():
+            bias = metadynamics_bias(system, dihedral_atoms(system, "phi"), ns=METADYNAMICS_NS)
+            WORK.mkdir(parents=True, exist_ok=True)
+            np.save(bias_file, bias)
+        bias = np.load(bias_file).tolist()
     with mp.get_context("spawn").Pool(n_chains) as pool:
-        parts = pool.map(_md_chain, [(name, ns, seed) for seed in range(n_chains)])
+        parts = pool.map(_md_chain, [(name, sampler, ns, seed, bias) for seed in range(n_chains)])
     samples = bf.SampleSet.concatenate(parts)
     samples.metadata.update({"n_chains": n_chains, "ns_per_chain": ns})
     return samples
@@ -98,10 +116,11 @@ def double_well_exact() -> dict[str, float]:
 
 
 def ramachandran(samples: bf.SampleSet, system: bf.System, bins: int = 36) -> dict[str, list]:
-    """Normalised φ/ψ histogram (probabilities), for KL comparisons of later samplers."""
+    """Weighted, normalised φ/ψ histogram (probabilities), for KL comparisons of later samplers."""
+    weights = np.exp(samples.log_weights - samples.log_weights.max())
     hist, edges, _ = np.histogram2d(
         system.observables["phi"](samples.x), system.observables["psi"](samples.x),
-        bins=bins, range=[[-np.pi, np.pi]] * 2,
+        bins=bins, range=[[-np.pi, np.pi]] * 2, weights=weights,
     )
     return {"bins": bins, "edges": edges.tolist(), "probability": (hist / hist.sum()).tolist()}
 
@@ -115,20 +134,27 @@ def main() -> None:
     ref_path = HERE / "reference.json"
     reference = json.loads(ref_path.read_text()) if ref_path.exists() else {}
     for name in names:
-        start = time.time()
-        if name in MD_PLAN:
-            samples = run_md(name, MD_PLAN[name], args.chains)
-        elif name in MALA_PLAN:
-            samples = run_mala(name)
-        else:
+        if name not in MALA_PLAN and name not in MD_PLAN:
             raise SystemExit(f"unknown system '{name}'")
         system = bf.load_system(name)
+        states = (system.states["A"], system.states["B"]) if {"A", "B"} <= set(system.states) else None
+        entry: dict = {}
+        runs = [("md", None)] if name in MALA_PLAN else [("md", MD_PLAN[name]), ("umbrella", UMBRELLA_PLAN[name])]
+        for sampler, ns in runs:
+            start = time.time()
+            cached = WORK / f"{name}.{sampler}.done.npz"
+            if cached.exists():  # a finished stage of an interrupted run
+                samples = bf.SampleSet.load(cached)
+            else:
+                samples = run_mala(name) if ns is None else run_md(name, sampler, ns, args.chains)
+                samples.save(cached)
+            entry[sampler] = summarize(samples, observables=system.observables, states=states)
+            entry[sampler]["sampler"] = samples.metadata["sampler"]
+            entry[sampler]["wall_seconds"] = round(time.time() - start, 1)
+            print(f"{name} {sampler}: {len(samples)} samples in {entry[sampler]['wall_seconds']} s")
+        # the last run is the reference: MALA for the numba systems, umbrella MD for alanine
         samples.metadata["system_source"] = None  # the built-in name is the reference, not a path
         samples.save(HERE / name)
-        states = (system.states["A"], system.states["B"]) if {"A", "B"} <= set(system.states) else None
-        entry = {"baseline": summarize(samples, observables=system.observables, states=states)}
-        entry["wall_seconds"] = round(time.time() - start, 1)
-        entry["sampler"] = samples.metadata["sampler"]
         if name == "double_well_2d":
             # MALA chains rarely cross the ~9 kT barrier: the exact numbers are the reference here.
             entry["exact"] = double_well_exact()
@@ -137,9 +163,8 @@ def main() -> None:
         reference[name] = entry
         text = json.dumps(reference, indent=1, sort_keys=True)
         atomic_write(ref_path, lambda f: f.write(text.encode()))
-        for ckpt in WORK.glob(f"{name}*.npz"):
+        for ckpt in WORK.glob(f"{name}*"):
             ckpt.unlink()
-        print(f"{name}: {len(samples)} samples in {entry['wall_seconds']} s")
 
 
 if __name__ == "__main__":

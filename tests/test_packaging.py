@@ -1,0 +1,20 @@
+"""The wheel ships every subpackage and the built-in systems (pyproject lists packages by hand)."""
+
+import tomllib
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_every_subpackage_is_listed_in_pyproject():
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {
+        ".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "boltzflow").rglob("__init__.py")
+    }
+    assert found <= listed, f"add to [tool.setuptools] packages: {sorted(found - listed)}"
+    assert "boltzflow._systems" in listed
+
+
+def test_every_system_folder_has_a_definition():
+    folders = [p for p in (ROOT / "systems").iterdir() if p.is_dir() and not p.name.startswith((".", "__"))]
+    assert folders and all((p / "system.toml").is_file() for p in folders)
