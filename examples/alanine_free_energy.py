@@ -33,18 +33,20 @@ def ramachandran_kl(samples: bf.SampleSet, system: bf.System, reference: dict) -
     return float((p[mask] * np.log(p[mask] / q[mask])).sum())
 
 
-def main(system_name: str, ns: float, seed: int) -> None:
+def main(system_name: str, ns: float, seed: int) -> bf.estimate.Estimate:
     system = bf.load_system(system_name)
-    samples = bf.sample(system, sampler="md", n=int(ns * 2000), seed=seed)  # a frame every 0.5 ps
+    samples = bf.sample(system, sampler="md", n=max(1, int(ns * 2000)), seed=seed)  # a frame every 0.5 ps
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", bf.estimate.LowESSWarning)  # shown in the printout instead
         delta_f = bf.estimate.free_energy_difference(samples, system.states["A"], system.states["B"])
     print(f"this run ({ns:g} ns MD):   ΔF(φ>0 − φ<0) = {delta_f}")
     if REFERENCE.exists() and system_name in json.loads(REFERENCE.read_text()):
         entry = json.loads(REFERENCE.read_text())[system_name]
-        ref = entry["baseline"]["delta_f"]
-        print(f"reference ({entry['baseline']['n']} frames): ΔF(φ>0 − φ<0) = {ref['value']:.2f} ± {ref['error']:.2f}")
+        ref = entry["umbrella"]["delta_f"]
+        print(f"reference (umbrella MD, {entry['umbrella']['n']} frames): "
+              f"ΔF(φ>0 − φ<0) = {ref['value']:.2f} ± {ref['error']:.2f}")
         print(f"KL(reference || this run) of φ/ψ histograms: {ramachandran_kl(samples, system, entry['ramachandran']):.3f}")
+    return delta_f
 
 
 if __name__ == "__main__":
