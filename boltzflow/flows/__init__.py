@@ -1,0 +1,1 @@
+"""Flows: bijections, base distributions, internal coordinates (issue 3, in progress)."""
