@@ -125,6 +125,27 @@ def ramachandran(samples: bf.SampleSet, system: bf.System, bins: int = 36) -> di
     return {"bins": bins, "edges": edges.tolist(), "probability": (hist / hist.sum()).tolist()}
 
 
+def phi_profile(samples: bf.SampleSet, system: bf.System, bins: int = 36) -> dict[str, list]:
+    """Free-energy profile F(φ) in kT (minimum 0) with 1σ errors, from weighted bin populations."""
+    edges = np.linspace(-np.pi, np.pi, bins + 1)
+    phi = system.observables["phi"]
+    populations = [
+        bf.estimate.expectation(samples, lambda x, lo=lo, hi=hi: ((phi(x) >= lo) & (phi(x) < hi)).astype(float))
+        for lo, hi in zip(edges[:-1], edges[1:])
+    ]
+    p = np.array([e.value for e in populations])
+    dp = np.array([e.error for e in populations])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        free = -np.log(p)
+        error = dp / p
+    free -= np.nanmin(free[np.isfinite(free)])
+    return {
+        "centres": ((edges[:-1] + edges[1:]) / 2).tolist(),
+        "free_energy_kT": [float(f) if np.isfinite(f) else None for f in free],
+        "error_kT": [float(e) if np.isfinite(e) else None for e in error],
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", nargs="*", help="systems to (re)generate; default all")
@@ -160,6 +181,7 @@ def main() -> None:
             entry["exact"] = double_well_exact()
         if "phi" in system.observables and "psi" in system.observables:
             entry["ramachandran"] = ramachandran(samples, system)
+            entry["phi_profile"] = phi_profile(samples, system)
         reference[name] = entry
         text = json.dumps(reference, indent=1, sort_keys=True)
         atomic_write(ref_path, lambda f: f.write(text.encode()))
