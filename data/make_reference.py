@@ -43,6 +43,8 @@ MD_PLAN = {"alanine_dipeptide_implicit": 15.0, "alanine_dipeptide_vacuum": 25.0}
 UMBRELLA_PLAN = {"alanine_dipeptide_implicit": 10.0, "alanine_dipeptide_vacuum": 10.0}
 MD_FRAME_PS = 5.0
 METADYNAMICS_NS = 2.0
+STORED_SAMPLES = 4000  # at most this many samples kept in data/<system>/ (estimates use all of them)
+STORED_BYTES = 2.7e6  # and at most about this many bytes of coordinates
 # MALA plan for the numba systems: (samples, chains, thin, warmup)
 MALA_PLAN = {
     "double_well_2d": (20_000, 64, 50, 5_000),
@@ -175,7 +177,9 @@ def main() -> None:
             print(f"{name} {sampler}: {len(samples)} samples in {entry[sampler]['wall_seconds']} s")
         # the last run is the reference: MALA for the numba systems, umbrella MD for alanine
         samples.metadata["system_source"] = None  # the built-in name is the reference, not a path
-        samples.save(HERE / name)
+        keep = min(STORED_SAMPLES, int(STORED_BYTES / (8 * samples.dim)))
+        stride = -(-len(samples) // keep)
+        samples[::stride].save(HERE / name)
         if name == "double_well_2d":
             # MALA chains rarely cross the ~9 kT barrier: the exact numbers are the reference here.
             entry["exact"] = double_well_exact()
