@@ -11,6 +11,7 @@ from typing import Any, Callable
 
 from ..samples import SampleSet
 from ..systems.system import System
+from .flow import sample_flow
 from .mala import sample_mala
 from .openmm_md import sample_openmm_md
 from .umbrella import sample_umbrella_md
@@ -30,6 +31,7 @@ SAMPLERS: dict[str, Callable[..., SampleSet]] = {
     "md": sample_md,
     "mala": sample_mala,
     "umbrella": sample_umbrella_md,
+    "flow": sample_flow,
 }
 
 

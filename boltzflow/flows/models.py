@@ -1,0 +1,256 @@
+"""Ready-made flows for a :class:`~boltzflow.systems.system.System`, and saving/loading them.
+
+:func:`build_flow` picks the architecture from the system:
+
+* toy systems (no topology): coupling layers on ``R^D`` (rational-quadratic splines on linear
+  domains, or RealNVP affine couplings), followed by an elementwise affine standardisation
+  ``x = loc + scale · y`` fitted to data (mean and standard deviation), so that training starts
+  at the scale of the data;
+* molecular systems (topology present): coupling layers on the internal coordinates of
+  :class:`~boltzflow.flows.internal_coordinates.InternalCoordinates` (dihedrals circular, bonds
+  and angles linear and normalised on the data), followed by the internal → Cartesian map. The
+  flow's ``log_prob(x)`` is then ``log p_ic(ic(x)) + logdet_inverse(x)``: the Cartesian density
+  per unit volume of the rigid-motion quotient (the constant ``8π² V`` of rigid-body motion is
+  left out). Samples come out in the canonical frame of the root atoms.
+
+A model file (:func:`save_model`) holds the constructor configuration and the state dict (which
+contains every data-derived normalisation as buffers), so :func:`load_model` rebuilds the same
+flow without the training data.
+"""
+
+from __future__ import annotations
+
+import pickle
+import zipfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..io import atomic_write
+from ..samples import SampleSet
+from ..systems.system import System
+from .base import Bijection, Compose
+from .coupling import AffineCoupling, SplineCoupling, alternating_masks
+from .distributions import BaseDistribution, FlowDistribution
+from .internal_coordinates import InternalCoordinates
+
+_FORMAT = "boltzflow-flow-model"
+_FORMAT_VERSION = 1
+KINDS = ("spline", "affine")
+
+
+class ModelFileError(ValueError):
+    """Raised for an unreadable, corrupted or mismatched model file."""
+
+
+class Standardize(Bijection):
+    """Elementwise affine map ``x = loc + scale · y`` (``forward``), with buffers fitted to data.
+
+    Parameters
+    ----------
+    dim : int
+        Number of features; starts as the identity (``loc = 0``, ``scale = 1``).
+    """
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.register_buffer("loc", torch.zeros(dim, dtype=torch.float64))
+        self.register_buffer("scale", torch.ones(dim, dtype=torch.float64))
+
+    def fit(self, x: torch.Tensor, min_scale: float = 1e-3) -> Standardize:
+        """Set ``loc`` and ``scale`` to the mean and standard deviation (floored) of ``x (B, dim)``."""
+        x = x.detach().to(self.loc)
+        if x.shape[0] < 2:
+            raise ValueError("fitting the standardisation needs at least 2 samples")
+        self.loc.copy_(x.mean(0))
+        self.scale.copy_(x.std(0).clamp_min(min_scale))
+        return self
+
+    def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        scale = self.scale.to(z)
+        return self.loc.to(z) + scale * z, scale.log().sum().expand(z.shape[0])
+
+    def inverse(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        scale = self.scale.to(x)
+        return (x - self.loc.to(x)) / scale, -scale.log().sum().expand(x.shape[0])
+
+
+def _couplings(
+    dim: int, circular: torch.Tensor, kind: str, n_layers: int, hidden: Sequence[int], num_bins: int,
+    tail_bound: float,
+) -> list[Bijection]:
+    if kind not in KINDS:
+        raise ValueError(f"unknown flow kind '{kind}'; choose one of {', '.join(KINDS)}")
+    if kind == "affine" and bool(circular.any()):
+        raise ValueError("affine couplings cannot transform angles: use kind='spline' for molecules")
+    masks = alternating_masks(dim, n_layers)
+    if kind == "affine":
+        return [AffineCoupling(m, circular, hidden=hidden) for m in masks]
+    return [SplineCoupling(m, circular, num_bins=num_bins, hidden=hidden, tail_bound=tail_bound) for m in masks]
+
+
+def _from_config(config: dict[str, Any], topology: Any) -> FlowDistribution:
+    """The (untrained, unfitted) flow described by ``config``."""
+    dim = config["dim"]
+    if config["molecular"]:
+        ic = InternalCoordinates.from_topology(topology)
+        circular = ic.circular.clone()
+        last: Bijection = ic
+        latent_dim = ic.dim
+    else:
+        circular = torch.zeros(dim, dtype=torch.bool)
+        last = Standardize(dim)
+        latent_dim = dim
+    layers = _couplings(
+        latent_dim, circular, config["kind"], config["n_layers"], config["hidden"], config["num_bins"],
+        config["tail_bound"],
+    )
+    return FlowDistribution(BaseDistribution(latent_dim, circular), Compose(*layers, last)).double()
+
+
+def _data_tensor(data: SampleSet | np.ndarray | torch.Tensor, dim: int) -> torch.Tensor:
+    x = data.x if isinstance(data, SampleSet) else data
+    if isinstance(data, SampleSet):
+        x = x[np.isfinite(data.log_weights)]
+    x = torch.as_tensor(np.asarray(x), dtype=torch.float64)
+    if x.ndim != 2 or x.shape[1] != dim:
+        raise ValueError(f"data must have shape (N, {dim}), got {tuple(x.shape)}")
+    return x
+
+
+def build_flow(
+    system: System,
+    kind: str = "spline",
+    n_layers: int = 6,
+    hidden: Sequence[int] = (64, 64),
+    num_bins: int = 8,
+    tail_bound: float = 5.0,
+    data: SampleSet | np.ndarray | torch.Tensor | None = None,
+) -> FlowDistribution:
+    """A flow ``q(x)`` on the configuration space of ``system`` (float64, identity couplings at start).
+
+    Parameters
+    ----------
+    system : System
+        Target; its ``topology`` decides between a flow on ``R^D`` and one on internal coordinates.
+    kind : {"spline", "affine"}
+        Coupling type: rational-quadratic splines, or RealNVP affine (toy systems only).
+    n_layers : int
+        Number of coupling layers (alternating masks).
+    hidden : sequence of int
+        Hidden widths of each conditioner.
+    num_bins : int
+        Spline bins.
+    tail_bound : float
+        Half-width of the spline interval of linear (standardised) features.
+    data : SampleSet or array, optional
+        Configurations ``(N, D)`` to fit the normalisation: mean/std of each coordinate (toy) or
+        of bonds and angles (molecules). Zero-weight samples of a SampleSet are ignored. Without
+        data the standardisation is the identity; a molecular flow falls back to ``system.x0``
+        with a scale of 0.05 (nm / rad).
+
+    Returns
+    -------
+    FlowDistribution
+        Its ``config`` attribute holds the constructor arguments (for :func:`save_model`).
+    """
+    config = {
+        "kind": kind, "n_layers": int(n_layers), "hidden": [int(h) for h in hidden], "num_bins": int(num_bins),
+        "tail_bound": float(tail_bound), "dim": system.dim, "molecular": system.topology is not None,
+    }
+    flow = _from_config(config, system.topology)
+    last = flow.bijection.layers[-1]
+    if data is not None:
+        x = _data_tensor(data, system.dim)
+        if config["molecular"]:
+            last.fit_normalization(x)
+        else:
+            last.fit(x)
+    elif config["molecular"]:
+        last.fit_normalization(system.x0[None], scale=0.05)
+    flow.config = config
+    return flow
+
+
+def save_model(flow: FlowDistribution, path: str | Path, metadata: dict[str, Any] | None = None) -> Path:
+    """Write a flow built by :func:`build_flow` (configuration + state dict) atomically.
+
+    Parameters
+    ----------
+    flow : FlowDistribution
+        A flow from :func:`build_flow` or :func:`load_model`.
+    path : path
+        Output file (conventionally ``.pt``); parent folders are created.
+    metadata : dict, optional
+        JSON-like information (system name, training settings...), returned by :func:`load_model`
+        as ``flow.metadata``.
+
+    Returns
+    -------
+    Path
+    """
+    if not hasattr(flow, "config"):
+        raise ValueError("only flows made by build_flow/load_model can be saved (they carry a config)")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "format": _FORMAT, "version": _FORMAT_VERSION, "config": flow.config, "metadata": dict(metadata or {}),
+        "state_dict": {k: v.detach().cpu() for k, v in flow.state_dict().items()},
+    }
+    atomic_write(path, lambda f: torch.save(payload, f))
+    return path
+
+
+def load_model(path: str | Path, system: System) -> FlowDistribution:
+    """Rebuild a flow saved by :func:`save_model` for ``system``.
+
+    Parameters
+    ----------
+    path : path
+        Model file.
+    system : System
+        The system the model was trained for (its topology rebuilds the internal coordinates).
+
+    Returns
+    -------
+    FlowDistribution
+        With ``config`` and ``metadata`` attributes.
+
+    Raises
+    ------
+    ModelFileError
+        If the file is missing, corrupted or truncated, not a boltzflow model, or made for a
+        system of another dimension or kind.
+    """
+    path = Path(path)
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise ModelFileError(f"model file {path} does not exist") from None
+    except (RuntimeError, OSError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as err:
+        raise ModelFileError(f"model file {path} is corrupted or not a torch file ({err})") from None
+    if not isinstance(payload, dict) or payload.get("format") != _FORMAT:
+        raise ModelFileError(f"{path} is not a boltzflow flow model")
+    if payload.get("version") != _FORMAT_VERSION:
+        raise ModelFileError(f"model file {path} has format version {payload.get('version')}, expected {_FORMAT_VERSION}")
+    config = payload["config"]
+    molecular = system.topology is not None
+    if config.get("dim") != system.dim or config.get("molecular") != molecular:
+        raise ModelFileError(
+            f"model {path} was trained for a {'molecular' if config.get('molecular') else 'toy'} system of "
+            f"dimension {config.get('dim')}, not for '{system.name}' (dimension {system.dim})"
+        )
+    flow = _from_config(config, system.topology)
+    try:
+        flow.load_state_dict(payload["state_dict"])
+    except (RuntimeError, KeyError) as err:
+        raise ModelFileError(f"model file {path} does not match its configuration: {err}") from None
+    flow.config = config
+    flow.metadata = payload["metadata"]
+    return flow
+
+
+__all__ = ["KINDS", "ModelFileError", "Standardize", "build_flow", "load_model", "save_model"]

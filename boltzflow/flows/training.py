@@ -1,0 +1,319 @@
+"""Training a flow toward a Boltzmann distribution: maximum likelihood, reverse KL, or a mix.
+
+Losses (all means over a batch, reduced units):
+
+* maximum likelihood on data ``x_i`` (drawn with probability proportional to their importance
+  weights, so umbrella/reweighted data is used correctly): ``ML = −mean log q(x_i)``;
+* reverse KL on flow samples ``x = f(z)`` (reparameterised): ``KL = mean[u'(x) + log q(x)]``,
+  with gradients through ``system.energy`` (its forces) and the flow;
+* ``loss = w_ml · ML + w_kl · KL``.
+
+Safeguards, for the *loss only* (energies used for weights are never altered): the energy is
+clamped at ``u_max`` and cut smoothly above ``u_high`` (:func:`cut_energy`); flow samples whose
+energy or density is not finite are dropped from the KL term and counted; the gradient norm is
+clipped; a step whose gradients are still not finite is skipped and counted.
+"""
+
+from __future__ import annotations
+
+import math
+import pickle
+import time
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ..io import atomic_write
+from ..samples import SampleSet
+from ..systems.system import System
+from .distributions import FlowDistribution
+
+
+class TrainingCheckpointError(ValueError):
+    """Raised for a corrupted training checkpoint or one written by a different run."""
+
+
+@dataclass
+class TrainingHistory:
+    """Per-iteration record of a training run.
+
+    Attributes
+    ----------
+    loss, ml, kl : list of float
+        Total loss and its two terms (``nan`` for a term with zero weight).
+    relative_ess : list of float
+        Relative Kish ESS of the latest batch of flow samples (``nan`` before the first one).
+    n_dropped : int
+        Flow samples dropped from the KL term because their energy or density was not finite.
+    n_skipped : int
+        Optimiser steps skipped because the gradients were not finite (or there was no loss
+        to differentiate: every KL sample failed).
+    """
+
+    loss: list[float] = field(default_factory=list)
+    ml: list[float] = field(default_factory=list)
+    kl: list[float] = field(default_factory=list)
+    relative_ess: list[float] = field(default_factory=list)
+    n_dropped: int = 0
+    n_skipped: int = 0
+
+
+def cut_energy(u: torch.Tensor, u_high: float = 1e3, u_max: float = 1e9) -> torch.Tensor:
+    """Energy transform for training losses: identity up to ``u_high``, logarithmic above.
+
+    ``u' = u`` for ``u <= u_high``; ``u' = u_high + log(1 + min(u, u_max) − u_high)`` above: continuous
+    with a continuous first derivative at ``u_high``, monotone, and bounded (flat beyond ``u_max``).
+    Never apply it to energies used for importance weights.
+
+    Parameters
+    ----------
+    u : torch.Tensor
+        Reduced energies (``+inf`` maps to the bound).
+    u_high, u_max : float
+        Start of the logarithmic regime and the clamp (``u_max > u_high``).
+
+    Returns
+    -------
+    torch.Tensor
+    """
+    if not u_max > u_high:
+        raise ValueError(f"u_max ({u_max}) must exceed u_high ({u_high})")
+    excess = (torch.clamp(u, max=u_max) - u_high).clamp_min(0.0)
+    return torch.where(u > u_high, u_high + torch.log1p(excess), u)
+
+
+def ml_loss(flow: FlowDistribution, x: torch.Tensor) -> torch.Tensor:
+    """Negative mean log-likelihood ``−mean log q(x)`` of data ``x (B, D)``."""
+    return -flow.log_prob(x).mean()
+
+
+def kl_loss(
+    system: System, flow: FlowDistribution, n: int, generator: torch.Generator | None = None,
+    u_high: float = 1e3, u_max: float = 1e9,
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Reverse KL ``mean[u'(x) + log q(x)]`` over ``n`` reparameterised flow samples.
+
+    Parameters
+    ----------
+    system : System
+        Target; ``system.energy`` is differentiable through its forces.
+    flow : FlowDistribution
+        The flow being trained.
+    n : int
+        Batch size.
+    generator : torch.Generator, optional
+        Random source of the latent samples.
+    u_high, u_max : float
+        Loss-only energy cut (:func:`cut_energy`).
+
+    Returns
+    -------
+    loss : torch.Tensor
+        Scalar; a constant zero (no graph) when every sample failed.
+    log_weights : torch.Tensor
+        ``(n,)`` detached ``−u − log q`` with the true energies (``−inf`` for failures).
+    n_dropped : int
+        Samples with non-finite energy or density left out of the loss.
+    """
+    x, log_q = flow.sample(n, generator)
+    u = system.energy(x.to(torch.float64)).to(log_q)
+    ok = torch.isfinite(u) & torch.isfinite(log_q)
+    log_w = torch.where(ok, -u - log_q, torch.tensor(-math.inf, dtype=log_q.dtype)).detach()
+    n_ok = int(ok.sum())
+    if n_ok == 0:
+        return log_q.new_zeros(()), log_w, n
+    loss = (cut_energy(u[ok], u_high, u_max) + log_q[ok]).mean()
+    return loss, log_w, n - n_ok
+
+
+def relative_ess(log_weights: torch.Tensor) -> float:
+    """Kish relative effective sample size of a batch of log-weights (a training diagnostic)."""
+    lw = torch.nan_to_num(log_weights.detach().to(torch.float64), nan=-math.inf)
+    if not torch.isfinite(lw).any():
+        return 0.0
+    return float(torch.exp(2 * torch.logsumexp(lw, 0) - torch.logsumexp(2 * lw, 0)) / lw.numel())
+
+
+def _data_sampler(data: SampleSet, dim: int, device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Finite-weight data rows and their sampling probabilities (normalised importance weights)."""
+    if data.dim != dim:
+        raise ValueError(f"training data has dimension {data.dim}, the system {dim}")
+    keep = np.isfinite(data.log_weights)
+    if not keep.any():
+        raise ValueError("training data has no sample with nonzero weight")
+    lw = data.log_weights[keep]
+    p = np.exp(lw - lw.max())
+    return (
+        torch.as_tensor(data.x[keep], dtype=torch.float64, device=device),
+        torch.as_tensor(p / p.sum(), dtype=torch.float64, device=device),
+    )
+
+
+def _save_checkpoint(
+    path: Path, run: dict[str, Any], iteration: int, flow: FlowDistribution, optimizer: torch.optim.Optimizer,
+    generator: torch.Generator, history: TrainingHistory,
+) -> None:
+    payload = {
+        "run": run, "iteration": iteration, "flow": flow.state_dict(), "optimizer": optimizer.state_dict(),
+        "rng": generator.get_state(), "history": vars(history),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, lambda f: torch.save(payload, f))
+
+
+def _load_checkpoint(path: Path, run: dict[str, Any], device: str) -> dict[str, Any] | None:
+    if not path.exists():
+        return None
+    try:
+        payload = torch.load(path, map_location=device, weights_only=True)
+        saved_run = payload["run"]
+    except (RuntimeError, OSError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError, KeyError,
+            TypeError) as err:
+        raise TrainingCheckpointError(
+            f"training checkpoint {path} is corrupted ({type(err).__name__}: {err}); delete it to start afresh"
+        ) from None
+    if saved_run != run:
+        raise TrainingCheckpointError(
+            f"training checkpoint {path} belongs to a different run {saved_run}, not {run}; "
+            "use another path or delete it"
+        )
+    return payload
+
+
+def train(
+    system: System,
+    flow: FlowDistribution,
+    data: SampleSet | None = None,
+    n_iterations: int = 1000,
+    batch_size: int = 256,
+    lr: float = 1e-3,
+    w_ml: float = 1.0,
+    w_kl: float = 0.0,
+    seed: int = 0,
+    progress: bool = True,
+    checkpoint: str | Path | None = None,
+    checkpoint_seconds: float = 60.0,
+    device: str = "cpu",
+    u_high: float = 1e3,
+    u_max: float = 1e9,
+    max_grad_norm: float = 100.0,
+    ess_every: int = 50,
+) -> TrainingHistory:
+    """Train ``flow`` in place with Adam on ``w_ml · ML + w_kl · KL``.
+
+    Parameters
+    ----------
+    system : System
+        Target distribution.
+    flow : FlowDistribution
+        The flow (e.g. from :func:`~boltzflow.flows.models.build_flow`), modified in place.
+    data : SampleSet, optional
+        Training configurations for the ML term, drawn with probability proportional to their
+        weights (required when ``w_ml > 0``).
+    n_iterations, batch_size : int
+        Optimiser steps and samples per term per step.
+    lr : float
+        Adam learning rate.
+    w_ml, w_kl : float
+        Weights of the two losses (non-negative, not both zero).
+    seed : int
+        Seeds the parameter-free randomness (data batches, latent samples); the flow's own
+        initial parameters are the caller's.
+    progress : bool
+        Show a progress bar with the loss and a running relative ESS (from the KL batch when
+        ``w_kl > 0``, else from a batch of ``batch_size`` samples every ``ess_every`` steps).
+    checkpoint : path, optional
+        Training checkpoint (flow, optimiser, iteration, random state, history), written
+        atomically every ``checkpoint_seconds`` and at the end; an existing checkpoint of the same
+        run is resumed. The caller deletes it once the model is saved.
+    checkpoint_seconds : float
+        Wall-clock seconds between checkpoints.
+    device : str
+        ``"cpu"`` or ``"cuda"`` (energies are still evaluated by the system's backend).
+    u_high, u_max : float
+        Loss-only energy cut, see :func:`cut_energy`.
+    max_grad_norm : float
+        Gradient-norm clipping threshold.
+    ess_every : int
+        Period of the ESS probe when ``w_kl == 0``.
+
+    Returns
+    -------
+    TrainingHistory
+    """
+    if w_ml < 0 or w_kl < 0 or w_ml + w_kl == 0:
+        raise ValueError("w_ml and w_kl must be non-negative and not both zero")
+    if w_ml > 0 and data is None:
+        raise ValueError("maximum-likelihood training (w_ml > 0) needs data")
+    if n_iterations < 0 or batch_size < 1:
+        raise ValueError("n_iterations must be >= 0 and batch_size >= 1")
+    flow.to(device)
+    generator = torch.Generator(device=device).manual_seed(seed)
+    data_x, data_p = _data_sampler(data, system.dim, device) if w_ml > 0 else (None, None)
+    optimizer = torch.optim.Adam(flow.parameters(), lr=lr)
+    history = TrainingHistory()
+    run = {
+        "system": system.name, "dim": system.dim, "n_iterations": n_iterations, "batch_size": batch_size, "lr": lr,
+        "w_ml": w_ml, "w_kl": w_kl, "seed": seed, "n_data": 0 if data_x is None else len(data_x),
+    }
+    path = None if checkpoint is None else Path(checkpoint)
+    start = 0
+    saved = None if path is None else _load_checkpoint(path, run, device)
+    if saved is not None:
+        flow.load_state_dict(saved["flow"])
+        optimizer.load_state_dict(saved["optimizer"])
+        generator.set_state(saved["rng"].cpu())
+        history = TrainingHistory(**saved["history"])
+        start = saved["iteration"]
+    last_save = time.monotonic()
+    bar = tqdm(total=n_iterations, initial=start, desc=f"train {system.name}", disable=not progress, unit="it")
+    flow.train()
+    for iteration in range(start, n_iterations):
+        optimizer.zero_grad(set_to_none=True)
+        ml = kl = torch.tensor(math.nan)
+        loss = torch.zeros((), dtype=torch.float64, device=device)
+        ess = history.relative_ess[-1] if history.relative_ess else math.nan
+        if w_ml > 0:
+            idx = torch.multinomial(data_p, batch_size, replacement=True, generator=generator)
+            ml = ml_loss(flow, data_x[idx])
+            loss = loss + w_ml * ml
+        if w_kl > 0:
+            kl, log_w, n_dropped = kl_loss(system, flow, batch_size, generator, u_high, u_max)
+            history.n_dropped += n_dropped
+            ess = relative_ess(log_w)
+            loss = loss + w_kl * kl
+        elif ess_every > 0 and iteration % ess_every == 0:
+            with torch.no_grad():
+                x, log_q = flow.sample(batch_size, generator)
+                u = torch.as_tensor(system.energy.evaluate(x.cpu(), need_gradient=False).energy).to(log_q)
+                ess = relative_ess(-u - log_q)
+        grad_norm = torch.tensor(math.nan)
+        if loss.requires_grad:
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(flow.parameters(), max_grad_norm)
+        if torch.isfinite(grad_norm):
+            optimizer.step()
+        else:
+            history.n_skipped += 1
+        history.loss.append(float(loss.detach()))
+        history.ml.append(float(ml.detach()))
+        history.kl.append(float(kl.detach()))
+        history.relative_ess.append(ess)
+        bar.update(1)
+        if iteration % 10 == 0 or iteration == n_iterations - 1:
+            bar.set_postfix(loss=f"{float(loss.detach()):.3f}", ess=f"{ess:.2f}")
+        done = iteration + 1
+        if path is not None and (done == n_iterations or time.monotonic() - last_save >= checkpoint_seconds):
+            _save_checkpoint(path, run, done, flow, optimizer, generator, history)
+            last_save = time.monotonic()
+    bar.close()
+    flow.eval()
+    return history
+
+
+__all__ = ["TrainingCheckpointError", "TrainingHistory", "cut_energy", "kl_loss", "ml_loss", "relative_ess", "train"]

@@ -1,0 +1,230 @@
+"""Flow models, training (ML / reverse KL / energy cut) and the flow sampler."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import boltzflow as bf
+from boltzflow.flows.models import ModelFileError, build_flow, load_model, save_model
+from boltzflow.flows.training import TrainingCheckpointError, cut_energy, kl_loss, train
+from boltzflow.samplers.flow import sample_flow
+
+DATA = Path(__file__).resolve().parents[1] / "data"
+MEAN = torch.tensor([1.0, -2.0], dtype=torch.float64)
+COV = torch.tensor([[2.0, 1.2], [1.2, 1.0]], dtype=torch.float64)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny networks: one intra-op thread is much faster (and immune to a busy machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def gaussian_system() -> bf.System:
+    precision = torch.linalg.inv(COV)
+
+    def energy(x: torch.Tensor) -> torch.Tensor:
+        d = x - MEAN
+        return 0.5 * ((d @ precision) * d).sum(-1)
+
+    return bf.System.from_energy(energy, dim=2, name="gaussian")
+
+
+def gaussian_log_z() -> float:
+    return math.log(2 * math.pi) + 0.5 * math.log(float(torch.linalg.det(COV)))
+
+
+def test_reverse_kl_learns_a_gaussian_and_estimates_log_z():
+    system = gaussian_system()
+    torch.manual_seed(0)
+    flow = build_flow(system, kind="affine", n_layers=4, hidden=(32, 32))
+    history = train(system, flow, n_iterations=300, batch_size=256, lr=5e-3, w_ml=0.0, w_kl=1.0, progress=False)
+    assert np.mean(history.relative_ess[-10:]) > 0.9
+    samples = bf.sample(system, sampler="flow", n=4000, seed=1, model=flow, progress=False)
+    assert samples.metadata["normalized_proposal"] and not samples.correlated
+    assert bf.estimate.relative_ess(samples) > 0.9
+    log_z = bf.estimate.log_partition_function(samples)
+    assert abs(log_z.value - gaussian_log_z()) < 3 * log_z.error
+    assert log_z.error < 0.01
+
+
+def test_standardised_flow_density_is_normalised():
+    system = gaussian_system()
+    torch.manual_seed(0)
+    data = torch.distributions.MultivariateNormal(MEAN, COV).sample((500,))
+    flow = build_flow(system, data=data)  # identity couplings: q = N(mean, diag(std**2)) of the data
+    loc, std = data.mean(0), data.std(0)
+    x, log_q = flow.sample(200, torch.Generator().manual_seed(0))
+    exact = torch.distributions.Normal(loc, std).log_prob(x).sum(1)
+    assert torch.allclose(log_q, exact, atol=1e-10)
+    assert torch.allclose(flow.log_prob(x), exact, atol=1e-10)
+
+
+def test_double_well_free_energy_from_ml_then_kl():
+    system = bf.load_system("double_well_2d")
+    exact = json.loads((DATA / "reference.json").read_text())["double_well_2d"]["exact"]["delta_f_b_minus_a"]
+    stored = bf.SampleSet.load(DATA / "double_well_2d")  # MALA started left: mostly the left well
+    right = bf.sample(
+        dataclasses.replace(system, x0=torch.tensor([1.7, 0.0])), sampler="mala", n=2000, seed=1, warmup=500,
+        progress=False,
+    )
+    data = bf.SampleSet.concatenate([stored[::2], right])
+    torch.manual_seed(0)
+    flow = build_flow(system, n_layers=4, hidden=(32, 32), data=data)
+    train(system, flow, data, n_iterations=200, batch_size=256, lr=3e-3, w_ml=1.0, w_kl=0.0, progress=False)
+    history = train(system, flow, data, n_iterations=150, batch_size=256, lr=3e-3, w_ml=0.0, w_kl=1.0, progress=False)
+    assert history.n_dropped == 0
+    samples = sample_flow(system, 10000, seed=1, model=flow, progress=False)
+    assert bf.estimate.relative_ess(samples) > 0.3
+    delta_f = bf.estimate.free_energy_difference(samples, lambda x: x[:, 0] < 0, lambda x: x[:, 0] > 0)
+    assert delta_f.reliable
+    assert abs(delta_f.value - exact) < 3 * delta_f.error
+    assert delta_f.error < 0.1
+
+
+def test_energy_cut_is_identity_below_and_smooth_monotone_above():
+    u = torch.linspace(-50.0, 5000.0, 20001, dtype=torch.float64, requires_grad=True)
+    cut = cut_energy(u, u_high=1e3, u_max=1e9)
+    below = u <= 1e3
+    assert torch.equal(cut[below], u[below])
+    assert (cut[~below] < u[~below]).all()
+    assert (torch.diff(cut) > 0).all()
+    (grad,) = torch.autograd.grad(cut.sum(), u)
+    assert torch.allclose(grad[below], torch.ones_like(grad[below]))
+    assert (grad <= 1).all() and (grad > 0).all()
+    assert (torch.diff(grad[~below]) <= 0).all()  # slope 1 at u_high, decreasing after: C1, concave
+    near = torch.tensor([1e3 - 1e-6, 1e3 + 1e-6], dtype=torch.float64, requires_grad=True)
+    (slopes,) = torch.autograd.grad(cut_energy(near, u_high=1e3).sum(), near)
+    assert torch.allclose(slopes, torch.ones(2, dtype=torch.float64), atol=1e-5)  # C1 at u_high
+    huge = cut_energy(torch.tensor([1e12, math.inf], dtype=torch.float64))
+    assert torch.isfinite(huge).all() and huge[0] == huge[1]
+
+
+def test_infinite_energy_in_a_kl_batch_gives_finite_loss_and_gradients():
+    def energy(x: torch.Tensor) -> torch.Tensor:
+        u = 0.5 * (x**2).sum(-1)
+        return torch.where(x[:, 0] > 1.0, torch.full_like(u, math.inf), u)
+
+    system = bf.System.from_energy(energy, dim=2)
+    flow = build_flow(system, n_layers=2, hidden=(8,))
+    for p in flow.parameters():  # leave the identity so that the gradients are not trivial
+        torch.nn.init.normal_(p, std=0.1)
+    loss, log_w, n_dropped = kl_loss(system, flow, 512, torch.Generator().manual_seed(0))
+    assert n_dropped > 0
+    assert torch.isneginf(log_w).sum() == n_dropped
+    assert torch.isfinite(loss)
+    loss.backward()
+    grads = [p.grad for p in flow.parameters()]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    assert any(g.abs().sum() > 0 for g in grads)
+
+
+def test_save_load_round_trip_and_corrupted_file(tmp_path):
+    system = bf.load_system("double_well_2d")
+    stored = bf.SampleSet.load(DATA / "double_well_2d")
+    torch.manual_seed(0)
+    flow = build_flow(system, n_layers=2, hidden=(16,), data=stored)
+    train(system, flow, stored, n_iterations=5, batch_size=64, progress=False)
+    path = save_model(flow, tmp_path / "model.pt", {"note": "test"})
+    loaded = load_model(path, system)
+    x = torch.as_tensor(stored.x[:100])
+    assert torch.equal(flow.log_prob(x), loaded.log_prob(x))
+    assert loaded.metadata == {"note": "test"}
+    corrupted = tmp_path / "corrupted.pt"
+    corrupted.write_bytes(path.read_bytes()[:200])
+    with pytest.raises(ModelFileError, match="corrupted"):
+        load_model(corrupted, system)
+    with pytest.raises(ModelFileError, match="dimension"):
+        load_model(path, bf.load_system("dw4"))
+
+
+def test_training_checkpoint_resumes_an_interrupted_run(tmp_path):
+    calls = {"n": 0, "limit": math.inf}
+
+    def energy(x: torch.Tensor) -> torch.Tensor:
+        calls["n"] += 1
+        if calls["n"] > calls["limit"]:
+            raise KeyboardInterrupt
+        return 0.5 * (x**2).sum(-1)
+
+    system = bf.System.from_energy(energy, dim=2)
+    options = {"n_iterations": 20, "batch_size": 32, "w_ml": 0.0, "w_kl": 1.0, "progress": False}
+    torch.manual_seed(0)
+    reference = build_flow(system, n_layers=2, hidden=(8,))
+    train(system, reference, **options)
+    ckpt = tmp_path / "train.ckpt"
+    torch.manual_seed(0)
+    interrupted = build_flow(system, n_layers=2, hidden=(8,))
+    calls.update(n=0, limit=12)
+    with pytest.raises(KeyboardInterrupt):
+        train(system, interrupted, **options, checkpoint=ckpt, checkpoint_seconds=0.0)
+    calls["limit"] = math.inf
+    resumed = build_flow(system, n_layers=2, hidden=(8,))
+    history = train(system, resumed, **options, checkpoint=ckpt)
+    assert len(history.loss) == 20
+    x = torch.randn(50, 2, dtype=torch.float64)
+    assert torch.allclose(resumed.log_prob(x), reference.log_prob(x))
+    with pytest.raises(TrainingCheckpointError, match="different run"):
+        train(system, resumed, **{**options, "seed": 1}, checkpoint=ckpt)
+    ckpt.write_bytes(ckpt.read_bytes()[:100])
+    with pytest.raises(TrainingCheckpointError, match="corrupted"):
+        train(system, resumed, **options, checkpoint=ckpt)
+
+
+def test_flow_sampler_counts_failed_energies():
+    def energy(x: torch.Tensor) -> torch.Tensor:
+        u = 0.5 * (x**2).sum(-1)
+        return torch.where(x[:, 0] > 1.5, torch.full_like(u, math.nan), u)
+
+    system = bf.System.from_energy(energy, dim=2)
+    flow = build_flow(system, n_layers=2, hidden=(8,))  # the identity: q is the standard normal
+    samples = bf.sample(system, sampler="flow", n=3000, seed=0, model=flow, progress=False)
+    failed = samples.x[:, 0] > 1.5
+    assert failed.any()
+    assert np.isposinf(samples.energies[failed]).all() and np.isneginf(samples.log_weights[failed]).all()
+    assert np.isfinite(samples.energies[~failed]).all()
+    assert samples.n_failed == failed.sum()
+    log_z = bf.estimate.log_partition_function(samples)
+    assert math.isfinite(log_z.value) and math.isfinite(log_z.error)
+    # q = p on the region where the energy is defined, so every finite weight is 2π: log Z = log(2π P(x1 < 1.5))
+    expected = math.log(2 * math.pi) + math.log(1 - failed.mean())
+    assert log_z.value == pytest.approx(expected, abs=1e-9)
+
+
+def test_flow_sampler_is_reproducible_and_needs_a_model(tmp_path):
+    system = gaussian_system()
+    flow = build_flow(system, n_layers=2, hidden=(8,))
+    path = save_model(flow, tmp_path / "m.pt")
+    a = sample_flow(system, 100, seed=3, model=path, batch_size=30, progress=False)
+    b = sample_flow(system, 100, seed=3, model=flow, batch_size=30, progress=False)
+    assert np.array_equal(a.x, b.x) and np.array_equal(a.log_weights, b.log_weights)
+    with pytest.raises(ValueError, match="model"):
+        sample_flow(system, 10, progress=False)
+
+
+def test_alanine_dipeptide_internal_coordinate_flow_smoke():
+    system = bf.load_system("alanine_dipeptide_vacuum")
+    frames = bf.SampleSet.load(DATA / "alanine_dipeptide_vacuum")[::10]
+    torch.manual_seed(0)
+    flow = build_flow(system, n_layers=4, hidden=(64,), data=frames)
+    history = train(system, flow, frames, n_iterations=10, batch_size=64, lr=1e-3, progress=False)
+    assert history.ml[-1] < history.ml[0]
+    samples = sample_flow(system, 64, seed=0, model=flow, progress=False)
+    assert samples.x.shape == (64, system.dim)
+    log_q = -samples.log_weights - samples.energies
+    assert np.isfinite(log_q[np.isfinite(samples.energies)]).all()
+    assert np.isfinite(samples.energies).mean() > 0.9
+    # log q(x) is the internal-coordinate density: log_prob of the canonical-frame samples agrees
+    ok = np.isfinite(samples.energies)
+    with torch.no_grad():
+        assert np.allclose(flow.log_prob(torch.as_tensor(samples.x[ok])).numpy(), log_q[ok], atol=1e-6)
