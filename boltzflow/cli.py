@@ -1,4 +1,4 @@
-"""Command line: ``boltzflow systems | sample | estimate``.
+"""Command line: ``boltzflow systems | sample | train | estimate``.
 
 Errors a user can fix (unknown system, bad option, unreadable run folder) print one line naming the
 problem and exit with status 2; a Ctrl-C leaves the checkpoint in place and says how to resume.
@@ -15,6 +15,8 @@ from typing import Any, Sequence
 
 from .samplers import SAMPLERS, sample
 from .samplers.checkpoint import CheckpointError
+from .flows.models import ModelFileError
+from .flows.training import TrainingCheckpointError
 from .samples import SampleSet, SampleSetError
 from .systems import System, UnknownSystemError, list_systems, load_system
 from .systems.observables import State
@@ -67,6 +69,8 @@ def _cmd_sample(args: argparse.Namespace) -> int:
         system_options["temperature"] = args.temperature
     system = load_system(args.system, **system_options)
     options = _parse_options(args.option)
+    if args.model:
+        options["model"] = args.model
     checkpoint = out / "checkpoint.npz"
     try:
         samples = sample(
@@ -90,6 +94,51 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     checkpoint.unlink(missing_ok=True)
     print(f"{samples}; wrote {', '.join(str(p) for p in written)}")
     return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    import torch
+
+    from .flows.models import build_flow, save_model
+    from .flows.training import train
+
+    out = Path(args.out)
+    model_path = out / "model.pt"
+    if model_path.exists() and not args.force:
+        raise CLIError(f"{model_path} exists already; use --force to overwrite it or choose another --out")
+    system = load_system(args.system)
+    data_path = Path(args.data) if args.data else _default_data(args.system)
+    data = SampleSet.load(data_path) if data_path is not None else None
+    if data is None and args.w_kl == 0:
+        raise CLIError(f"no training data for '{args.system}': give --data RUN_OR_NPZ or train by --w-kl > 0")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    flow = build_flow(system, kind=args.kind, n_layers=args.layers, hidden=tuple(args.hidden), data=data)
+    checkpoint = out / "checkpoint.pt"
+    try:
+        history = train(
+            system, flow, data=data, n_iterations=args.iterations, batch_size=args.batch_size, lr=args.lr,
+            w_ml=args.w_ml, w_kl=args.w_kl, seed=args.seed, progress=not args.quiet, checkpoint=checkpoint,
+            device=args.device,
+        )
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: progress is kept in {checkpoint}; run the same command again to resume",
+              file=sys.stderr)
+        return 130
+    metadata = {"system": system.name, "data": None if data_path is None else str(data_path),
+                "iterations": args.iterations, "w_ml": args.w_ml, "w_kl": args.w_kl, "seed": args.seed,
+                "final_loss": history.loss[-1] if history.loss else None}
+    save_model(flow, model_path, metadata)
+    checkpoint.unlink(missing_ok=True)
+    print(f"wrote {model_path}; sample with: boltzflow sample {args.system} --sampler flow --model {model_path} "
+          f"--out RUN")
+    return 0
+
+
+def _default_data(system_name: str) -> Path | None:
+    """The project's reference samples of a built-in system (``data/<name>``), if present."""
+    folder = Path(__file__).resolve().parents[1] / "data" / system_name
+    return folder if (folder / "samples.npz").exists() else None
 
 
 def _system_for(samples: SampleSet) -> System | None:
@@ -149,6 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="run folder for samples, trajectory, plot and checkpoint")
     p.add_argument("-o", "--option", action="append", default=[], metavar="KEY=VALUE",
                    help="sampler option, repeatable (e.g. -o thin=500 -o timestep_fs=1.0)")
+    p.add_argument("--model", help="trained flow model file (for --sampler flow)")
     p.add_argument("--platform", help="OpenMM platform: auto, Reference, CPU, CUDA, OpenCL")
     p.add_argument("--workers", type=int, help="OpenMM energy worker processes")
     p.add_argument("--temperature", type=float, help="override the system temperature (K or reduced)")
@@ -156,6 +206,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-plot", action="store_true", help="do not write overview.png")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(handler=_cmd_sample)
+
+    p = sub.add_parser("train", help="train a normalizing flow for a system")
+    p.add_argument("system", help="built-in system name or path to a system folder")
+    p.add_argument("--data", help="training samples (run folder or .npz); default: the project's data/<system>")
+    p.add_argument("--out", required=True, help="run folder for model.pt and the training checkpoint")
+    p.add_argument("--kind", default="spline", choices=["spline", "affine"], help="coupling layers (default: spline)")
+    p.add_argument("--layers", type=int, default=6, help="coupling layers (default: 6)")
+    p.add_argument("--hidden", type=int, nargs="+", default=[64, 64], help="conditioner hidden sizes")
+    p.add_argument("--iterations", type=int, default=2000, help="optimiser steps (default: 2000)")
+    p.add_argument("--batch-size", type=int, default=256, help="batch size (default: 256)")
+    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default: 1e-3)")
+    p.add_argument("--w-ml", type=float, default=1.0, help="weight of maximum likelihood on data (default: 1)")
+    p.add_argument("--w-kl", type=float, default=0.0, help="weight of reverse KL on the energy (default: 0)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    p.add_argument("--device", default="cpu", help="torch device: cpu or cuda (default: cpu)")
+    p.add_argument("--threads", type=int, help="torch CPU threads (1 is fastest for small flows on a busy machine)")
+    p.add_argument("--force", action="store_true", help="overwrite an existing model in --out")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(handler=_cmd_train)
 
     p = sub.add_parser("estimate", help="estimates with uncertainties from a run folder")
     p.add_argument("run", help="run folder or samples .npz file")
@@ -173,7 +242,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args)
-    except (CLIError, UnknownSystemError, FileNotFoundError, SampleSetError, CheckpointError, ValueError) as err:
+    except (CLIError, UnknownSystemError, FileNotFoundError, SampleSetError, CheckpointError, ModelFileError,
+            TrainingCheckpointError, ValueError) as err:
         print(f"boltzflow {args.command}: error: {err}", file=sys.stderr)
         return 2
 

@@ -64,3 +64,25 @@ def test_existing_results_are_not_overwritten_without_force(tmp_path, capsys):
     assert np.array_equal(SampleSet.load(run).x, before)
     assert main(args + ["--force", "--seed", "5"]) == 0
     assert not np.array_equal(SampleSet.load(run).x, before)
+
+
+def test_train_then_sample_with_the_flow(tmp_path, capsys):
+    run = tmp_path / "flow"
+    assert main(["train", "double_well_2d", "--out", str(run), "--kind", "affine", "--layers", "4",
+                 "--hidden", "16", "16", "--iterations", "60", "--quiet", "--threads", "1"]) == 0
+    assert (run / "model.pt").exists() and not (run / "checkpoint.pt").exists()
+    assert main(["train", "double_well_2d", "--out", str(run), "--iterations", "5", "--quiet"]) == 2
+    assert "--force" in capsys.readouterr().err
+    samples_dir = tmp_path / "samples"
+    assert main(["sample", "double_well_2d", "--sampler", "flow", "--model", str(run / "model.pt"), "--n", "500",
+                 "--out", str(samples_dir), "--quiet", "--no-plot"]) == 0
+    samples = SampleSet.load(samples_dir)
+    assert samples.metadata["sampler"] == "flow" and samples.is_weighted
+    capsys.readouterr()
+    assert main(["estimate", str(samples_dir), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert "log_z" in summary and summary["n"] == 500
+    (run / "bad.pt").write_bytes(b"junk")
+    assert main(["sample", "double_well_2d", "--sampler", "flow", "--model", str(run / "bad.pt"), "--n", "10",
+                 "--out", str(tmp_path / "x"), "--quiet"]) == 2
+    assert "corrupted" in capsys.readouterr().err

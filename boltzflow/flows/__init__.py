@@ -3,8 +3,12 @@
 from .base import Bijection, Compose, Inverse
 from .coupling import AffineCoupling, SplineCoupling, alternating_masks
 from .distributions import BaseDistribution, FlowDistribution
+from .internal_coordinates import InternalCoordinates
+from .models import ModelFileError, build_flow, load_model, save_model
 from .nets import MLP
 from .splines import rq_spline
+from .training import TrainingHistory, train
+from .zmatrix import ZMatrix, zmatrix_from_topology
 
 __all__ = [
     "MLP",
@@ -14,7 +18,16 @@ __all__ = [
     "Compose",
     "FlowDistribution",
     "Inverse",
+    "InternalCoordinates",
+    "ModelFileError",
     "SplineCoupling",
+    "TrainingHistory",
+    "ZMatrix",
     "alternating_masks",
+    "build_flow",
+    "load_model",
     "rq_spline",
+    "save_model",
+    "train",
+    "zmatrix_from_topology",
 ]

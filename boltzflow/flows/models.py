@@ -21,6 +21,7 @@ flow without the training data.
 from __future__ import annotations
 
 import pickle
+import struct
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -230,7 +231,7 @@ def load_model(path: str | Path, system: System) -> FlowDistribution:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise ModelFileError(f"model file {path} does not exist") from None
-    except (RuntimeError, OSError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as err:
+    except (RuntimeError, OSError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError, struct.error) as err:
         raise ModelFileError(f"model file {path} is corrupted or not a torch file ({err})") from None
     if not isinstance(payload, dict) or payload.get("format") != _FORMAT:
         raise ModelFileError(f"{path} is not a boltzflow flow model")
