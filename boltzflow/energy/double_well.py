@@ -6,7 +6,7 @@ import numpy as np
 from numba import njit, prange
 
 from .base import Energy
-from .particles import FASTMATH, check_finite
+from .particles import FASTMATH, call_kernel, check_finite
 
 
 @njit(parallel=True, cache=True, fastmath=FASTMATH, error_model="numpy")
@@ -60,10 +60,7 @@ class DoubleWellEnergy(Energy):
         self.kT = check_finite("kT", kT, positive=True)
 
     def _evaluate(self, x: np.ndarray, need_gradient: bool) -> tuple[np.ndarray, np.ndarray | None]:
-        energy = np.empty(x.shape[0])
-        gradient = np.empty_like(x) if need_gradient else np.empty((0, 2))
-        _double_well_kernel(x, self.a, self.b, self.c, 1.0 / self.kT, need_gradient, energy, gradient)
-        return energy, (gradient if need_gradient else None)
+        return call_kernel(_double_well_kernel, x, need_gradient, self.a, self.b, self.c, 1.0 / self.kT)
 
     def __repr__(self) -> str:
         return f"DoubleWellEnergy(a={self.a:g}, b={self.b:g}, c={self.c:g}, kT={self.kT:g})"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from numba import get_num_threads, njit, prange
 
-from .particles import FASTMATH, ParticleEnergy, check_finite
+from .particles import FASTMATH, ParticleEnergy, call_kernel, check_finite
 
 
 @njit(parallel=True, cache=True, fastmath=FASTMATH, error_model="numpy")
@@ -132,20 +132,11 @@ class LennardJonesEnergy(ParticleEnergy):
         self.rm = check_finite("rm", rm, positive=True)
 
     def _evaluate(self, x: np.ndarray, need_gradient: bool) -> tuple[np.ndarray, np.ndarray | None]:
-        energy = np.empty(x.shape[0])
-        gradient = np.empty_like(x) if need_gradient else np.empty((0, self.dim))
-        _lennard_jones_kernel(
-            x,
-            min(x.shape[0], 4 * get_num_threads()),
-            self.n_particles,
-            self.n_dims,
-            self.rm**2,
-            self.epsilon / self.kT,
-            need_gradient,
-            energy,
-            gradient,
+        chunks = min(x.shape[0], 4 * get_num_threads())
+        return call_kernel(
+            _lennard_jones_kernel, x, need_gradient,
+            chunks, self.n_particles, self.n_dims, self.rm**2, self.epsilon / self.kT,
         )
-        return energy, (gradient if need_gradient else None)
 
     def __repr__(self) -> str:
         return (

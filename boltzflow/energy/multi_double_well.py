@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from .particles import FASTMATH, ParticleEnergy, check_finite
+from .particles import FASTMATH, ParticleEnergy, call_kernel, check_finite
 
 
 @njit(parallel=True, cache=True, fastmath=FASTMATH, error_model="numpy")
@@ -94,21 +94,10 @@ class MultiDoubleWellEnergy(ParticleEnergy):
         self.d0 = check_finite("d0", d0)
 
     def _evaluate(self, x: np.ndarray, need_gradient: bool) -> tuple[np.ndarray, np.ndarray | None]:
-        energy = np.empty(x.shape[0])
-        gradient = np.empty_like(x) if need_gradient else np.empty((0, self.dim))
-        _multi_double_well_kernel(
-            x,
-            self.n_particles,
-            self.n_dims,
-            self.a,
-            self.b,
-            self.d0,
-            1.0 / self.kT,
-            need_gradient,
-            energy,
-            gradient,
+        return call_kernel(
+            _multi_double_well_kernel, x, need_gradient,
+            self.n_particles, self.n_dims, self.a, self.b, self.d0, 1.0 / self.kT,
         )
-        return energy, (gradient if need_gradient else None)
 
     def __repr__(self) -> str:
         return (

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any, Callable
+
 import numpy as np
 
 from .base import Energy
@@ -10,6 +12,20 @@ from .base import Energy
 # kernels also use ``error_model="numpy"`` so that division by zero gives inf/nan, as the base
 # class expects, instead of raising.
 FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
+
+
+def call_kernel(
+    kernel: Callable[..., None], x: np.ndarray, need_gradient: bool, *params: Any
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Run a numba kernel with the shared signature ``kernel(x, *params, need_gradient, energy, gradient)``.
+
+    The kernel fills the preallocated ``energy`` (B,) and, when asked, ``gradient`` (B, D) in one
+    pass; this returns them as ``_evaluate`` does (``None`` for the gradient when not requested).
+    """
+    energy = np.empty(x.shape[0])
+    gradient = np.empty_like(x) if need_gradient else np.empty((0, x.shape[1]))
+    kernel(x, *params, need_gradient, energy, gradient)
+    return energy, (gradient if need_gradient else None)
 
 
 def check_finite(name: str, value: float, positive: bool = False, non_negative: bool = False) -> float:

@@ -231,12 +231,15 @@ def load_model(path: str | Path, system: System) -> FlowDistribution:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise ModelFileError(f"model file {path} does not exist") from None
-    except (RuntimeError, OSError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError, struct.error) as err:
+    except (RuntimeError, OSError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError,
+            struct.error) as err:
         raise ModelFileError(f"model file {path} is corrupted or not a torch file ({err})") from None
     if not isinstance(payload, dict) or payload.get("format") != _FORMAT:
         raise ModelFileError(f"{path} is not a boltzflow flow model")
     if payload.get("version") != _FORMAT_VERSION:
-        raise ModelFileError(f"model file {path} has format version {payload.get('version')}, expected {_FORMAT_VERSION}")
+        raise ModelFileError(
+            f"model file {path} has format version {payload.get('version')}, expected {_FORMAT_VERSION}"
+        )
     config = payload["config"]
     molecular = system.topology is not None
     if config.get("dim") != system.dim or config.get("molecular") != molecular:

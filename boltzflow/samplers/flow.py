@@ -19,6 +19,7 @@ from ..flows.models import load_model
 from ..samples import SampleSet
 from ..systems.system import System
 from .checkpoint import Checkpoint
+from .metadata import run_metadata
 
 
 def _batch_generator(seed: int, batch: int, device: torch.device) -> torch.Generator:
@@ -111,16 +112,10 @@ def sample_flow(
         x=x,
         energies=energies,
         log_weights=log_weights,
-        metadata={
-            "system": system.name,
-            "system_source": None if system.source is None else str(system.source),
-            "temperature": system.temperature,
-            "sampler": "flow",
-            "seed": seed,
-            "correlated": False,
-            "normalized_proposal": True,
-            "model": model_name,
-            "batch_size": batch_size,
-            "n_invalid_log_q": int(np.count_nonzero(~valid_q)),
-        },
+        metadata=run_metadata(
+            system, "flow", seed, correlated=False, normalized_proposal=True,
+            model=model_name,
+            batch_size=batch_size,
+            n_invalid_log_q=int(np.count_nonzero(~valid_q)),
+        ),
     )

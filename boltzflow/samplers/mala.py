@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 from ..samples import SampleSet
 from ..systems.system import System
 from .checkpoint import Checkpoint
+from .metadata import run_metadata
 
 
 def _log_q(to: np.ndarray, frm: np.ndarray, grad_frm: np.ndarray, h: np.ndarray) -> np.ndarray:
@@ -142,19 +143,13 @@ def sample_mala(
         energies=energies,
         chain=chain,
         time=time,
-        metadata={
-            "system": system.name,
-            "system_source": None if system.source is None else str(system.source),
-            "temperature": system.temperature,
-            "sampler": "mala",
-            "seed": seed,
-            "correlated": True,
-            "normalized_proposal": False,
-            "n_chains": n_chains,
-            "thin": thin,
-            "warmup": warmup,
-            "acceptance_rate": n_accepted / max(n_proposed, 1),
-            "step_size_median": float(np.median(h)),
-        },
+        metadata=run_metadata(
+            system, "mala", seed, correlated=True, normalized_proposal=False,
+            n_chains=n_chains,
+            thin=thin,
+            warmup=warmup,
+            acceptance_rate=n_accepted / max(n_proposed, 1),
+            step_size_median=float(np.median(h)),
+        ),
     )
     return samples

@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 from ..samples import SampleSet
 from ..systems.system import System
 from .checkpoint import Checkpoint
+from .metadata import run_metadata
 
 
 def _platform_name(system: System, platform: str | None) -> str:
@@ -130,19 +131,13 @@ def sample_openmm_md(
         energies=energies,
         chain=np.zeros(n, dtype=np.int64),
         time=(np.arange(n) + 1) * dt_ps,
-        metadata={
-            "system": system.name,
-            "system_source": None if system.source is None else str(system.source),
-            "temperature": system.temperature,
-            "sampler": "md",
-            "seed": seed,
-            "correlated": True,
-            "normalized_proposal": False,
-            "platform": platform_name,
-            "timestep_fs": timestep_fs,
-            "friction_per_ps": friction_per_ps,
-            "thin": thin,
-            "equilibration_ps": equilibration_ps,
-            "simulated_ps": math.fsum([equilibration_ps, n * dt_ps]),
-        },
+        metadata=run_metadata(
+            system, "md", seed, correlated=True, normalized_proposal=False,
+            platform=platform_name,
+            timestep_fs=timestep_fs,
+            friction_per_ps=friction_per_ps,
+            thin=thin,
+            equilibration_ps=equilibration_ps,
+            simulated_ps=math.fsum([equilibration_ps, n * dt_ps]),
+        ),
     )

@@ -21,14 +21,12 @@ import openmm.app as app
 from openmm import unit
 from tqdm.auto import tqdm
 
+from ..energy.openmm_bridge import R_KJ_PER_MOL_K
 from ..io import atomic_write
 from ..samples import SampleSet
 from ..systems.observables import Dihedral
 from ..systems.system import System
 from .openmm_md import sample_openmm_md
-
-R_KJ_PER_MOL_K = unit.MOLAR_GAS_CONSTANT_R.value_in_unit(unit.kilojoule_per_mole / unit.kelvin)
-
 
 def dihedral_atoms(system: System, observable: str) -> tuple[int, int, int, int]:
     """Atom indices of a dihedral observable declared by the system (e.g. ``"phi"``)."""
