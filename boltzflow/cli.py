@@ -69,12 +69,19 @@ def _cmd_sample(args: argparse.Namespace) -> int:
         system_options["temperature"] = args.temperature
     system = load_system(args.system, **system_options)
     options = _parse_options(args.option)
+    sampler = args.sampler
+    if sampler == "auto":
+        sampler = "flow" if args.model or _has_shipped_model(system) else "md"
+        if not args.quiet:
+            print(f"sampler: {sampler}" + (" (shipped trained model)" if sampler == "flow" and not args.model else ""))
     if args.model:
+        if sampler != "flow":
+            raise CLIError(f"--model is for the flow sampler, not '{sampler}'")
         options["model"] = args.model
     checkpoint = out / "checkpoint.npz"
     try:
         samples = sample(
-            system, sampler=args.sampler, n=args.n, seed=args.seed,
+            system, sampler=sampler, n=args.n, seed=args.seed,
             progress=not args.quiet, checkpoint=checkpoint, **options,
         )
     except KeyboardInterrupt:
@@ -96,11 +103,18 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def _has_shipped_model(system: System) -> bool:
+    from .reference_data import shipped_model
+    from .systems.registry import is_builtin
+
+    return is_builtin(system) and shipped_model(system.name) is not None
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     import torch
 
     from .flows.models import build_flow, save_model
-    from .flows.training import train
+    from .flows.training import split_holdout, train
 
     out = Path(args.out)
     model_path = out / "model.pt"
@@ -111,23 +125,29 @@ def _cmd_train(args: argparse.Namespace) -> int:
     data = SampleSet.load(data_path) if data_path is not None else None
     if data is None and args.w_kl == 0:
         raise CLIError(f"no training data for '{args.system}': give --data RUN_OR_NPZ or train by --w-kl > 0")
+    weighting = args.data_weighting or (data.metadata.get("ml_weighting", "importance") if data else "importance")
     if args.threads:
         torch.set_num_threads(args.threads)
-    flow = build_flow(system, kind=args.kind, n_layers=args.layers, hidden=tuple(args.hidden), data=data)
+    validation = None
+    if data is not None and args.w_ml > 0 and args.holdout > 0:
+        data, validation = split_holdout(data, args.holdout)
+    flow = build_flow(system, kind=args.kind, n_layers=args.layers, hidden=tuple(args.hidden), num_bins=args.bins,
+                      data=data)
     checkpoint = out / "checkpoint.pt"
     try:
         history = train(
             system, flow, data=data, n_iterations=args.iterations, batch_size=args.batch_size, lr=args.lr,
-            w_ml=args.w_ml, w_kl=args.w_kl, seed=args.seed, progress=not args.quiet, checkpoint=checkpoint,
-            device=args.device,
+            lr_final=args.lr_final, w_ml=args.w_ml, w_kl=args.w_kl, seed=args.seed, progress=not args.quiet,
+            checkpoint=checkpoint, device=args.device, data_weighting=weighting, validation=validation,
         )
     except KeyboardInterrupt:
         print(f"\ninterrupted: progress is kept in {checkpoint}; run the same command again to resume",
               file=sys.stderr)
         return 130
     metadata = {"system": system.name, "data": None if data_path is None else str(data_path),
-                "iterations": args.iterations, "w_ml": args.w_ml, "w_kl": args.w_kl, "seed": args.seed,
-                "final_loss": history.loss[-1] if history.loss else None}
+                "data_weighting": weighting, "iterations": args.iterations, "w_ml": args.w_ml,
+                "w_kl": args.w_kl, "seed": args.seed, "final_loss": history.loss[-1] if history.loss else None,
+                "best_iteration": history.best_iteration}
     save_model(flow, model_path, metadata)
     checkpoint.unlink(missing_ok=True)
     print(f"wrote {model_path}; sample with: boltzflow sample {args.system} --sampler flow --model {model_path} "
@@ -136,9 +156,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _default_data(system_name: str) -> Path | None:
-    """The project's reference samples of a built-in system (``data/<name>``), if present."""
+    """The project's training set (``data/<name>/training``), else its reference samples (``data/<name>``)."""
     folder = Path(__file__).resolve().parents[1] / "data" / system_name
-    return folder if (folder / "samples.npz").exists() else None
+    for candidate in (folder / "training", folder):
+        if (candidate / "samples.npz").exists():
+            return candidate
+    return None
 
 
 def _system_for(samples: SampleSet) -> System | None:
@@ -153,8 +176,20 @@ def _system_for(samples: SampleSet) -> System | None:
     return None
 
 
+def _reference_for(system: System | None, temperature: float | None) -> dict[str, Any] | None:
+    """The project's reference estimates for samples of a built-in system at its own temperature, else None."""
+    from .reference_data import reference_estimates
+    from .systems.registry import is_builtin
+
+    if system is None or not is_builtin(system) or temperature is None:
+        return None
+    if abs(float(temperature) - system.temperature) > 1e-9 * system.temperature:
+        return None
+    return reference_estimates(system.name)
+
+
 def _cmd_estimate(args: argparse.Namespace) -> int:
-    from .estimate.report import format_table, summarize
+    from .estimate.report import format_comparison, format_table, reference_comparison, summarize
 
     samples = SampleSet.load(args.run)
     system = _system_for(samples)
@@ -169,11 +204,18 @@ def _cmd_estimate(args: argparse.Namespace) -> int:
     summary = summarize(samples, observables=observables, states=states, seed=args.seed)
     meta = samples.metadata
     summary["run"] = {k: meta.get(k) for k in ("system", "sampler", "temperature", "seed")}
+    custom_states = bool(args.state_a or args.state_b)
+    reference = None if custom_states else _reference_for(system, samples.metadata.get("temperature"))
+    if reference:
+        summary["reference"] = reference_comparison(summary, reference)
     if args.json:
         print(json.dumps(summary, indent=2))
     else:
         print(" | ".join(f"{k} {v}" for k, v in summary["run"].items() if v is not None))
         print(format_table(summary))
+        if summary.get("reference"):
+            print("\nagainst the project's reference (data/reference.json):")
+            print(format_comparison(summary["reference"]))
     if args.plot:
         from .plots import plot_samples
 
@@ -192,7 +234,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("sample", help="draw samples and save them to a run folder")
     p.add_argument("system", help="built-in system name or path to a system folder")
-    p.add_argument("--sampler", default="md", choices=sorted(SAMPLERS), help="sampler (default: md)")
+    p.add_argument("--sampler", default="auto", choices=["auto", *sorted(SAMPLERS)],
+                   help="sampler; auto (default): flow with the shipped trained model if the system has one, else md")
     p.add_argument("--n", type=int, default=10_000, help="number of samples (default: 10000)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     p.add_argument("--out", required=True, help="run folder for samples, trajectory, plot and checkpoint")
@@ -209,16 +252,25 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train a normalizing flow for a system")
     p.add_argument("system", help="built-in system name or path to a system folder")
-    p.add_argument("--data", help="training samples (run folder or .npz); default: the project's data/<system>")
+    p.add_argument("--data", help="training samples (run folder or .npz); default: the project's "
+                                   "data/<system>/training, else data/<system>")
     p.add_argument("--out", required=True, help="run folder for model.pt and the training checkpoint")
     p.add_argument("--kind", default="spline", choices=["spline", "affine"], help="coupling layers (default: spline)")
     p.add_argument("--layers", type=int, default=6, help="coupling layers (default: 6)")
     p.add_argument("--hidden", type=int, nargs="+", default=[64, 64], help="conditioner hidden sizes")
+    p.add_argument("--bins", type=int, default=8, help="spline bins (default: 8)")
     p.add_argument("--iterations", type=int, default=2000, help="optimiser steps (default: 2000)")
     p.add_argument("--batch-size", type=int, default=256, help="batch size (default: 256)")
     p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default: 1e-3)")
+    p.add_argument("--lr-final", type=float, help="cosine-decay the learning rate to this value (default: constant)")
+    p.add_argument("--data-weighting", choices=["importance", "uniform"],
+                   help="draw ML batches by the data's importance weights or uniformly (for a training mixture); "
+                        "default: the data's own 'ml_weighting' metadata, else importance")
     p.add_argument("--w-ml", type=float, default=1.0, help="weight of maximum likelihood on data (default: 1)")
     p.add_argument("--w-kl", type=float, default=0.0, help="weight of reverse KL on the energy (default: 0)")
+    p.add_argument("--holdout", type=float, default=0.1,
+                   help="share of each data chain held out to stop at the best held-out likelihood (default: 0.1; "
+                        "0 disables)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     p.add_argument("--device", default="cpu", help="torch device: cpu or cuda (default: cpu)")
     p.add_argument("--threads", type=int, help="torch CPU threads (1 is fastest for small flows on a busy machine)")

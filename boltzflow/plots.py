@@ -28,7 +28,9 @@ def _weights(samples: SampleSet) -> tuple[np.ndarray, np.ndarray]:
 def plot_samples(samples: SampleSet, system: System | None, path: str | os.PathLike) -> Path:
     """Write a PNG with the reduced-energy histogram and one weighted histogram per observable.
 
-    A Ramachandran plot (free energy in kT) is added when the system declares ``phi`` and ``psi``.
+    A Ramachandran plot (free energy in kT) is added when the system declares ``phi`` and ``psi``;
+    for importance-weighted samples (flows) both the reweighted map and that of the samples as
+    drawn, and the 1D histograms overlay the unweighted one.
 
     Parameters
     ----------
@@ -48,8 +50,13 @@ def plot_samples(samples: SampleSet, system: System | None, path: str | os.PathL
     x = samples.x[keep]
     observables = dict(system.observables) if system is not None else {}
     panels: list[str] = ["energy", *observables]
-    ramachandran = {"phi", "psi"} <= set(observables)
-    n_panels = len(panels) + int(ramachandran)
+    maps: list[tuple[str, np.ndarray]] = []
+    if {"phi", "psi"} <= set(observables):
+        if samples.is_weighted:  # importance-weighted proposals: show what was drawn and the reweighted result
+            maps = [("reweighted free energy [kT]", w), ("as drawn, unweighted [kT]", np.ones_like(w))]
+        else:
+            maps = [("free energy [kT]", w)]
+    n_panels = len(panels) + len(maps)
     cols = min(3, n_panels)
     rows = int(np.ceil(n_panels / cols))
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.4 * rows), squeeze=False)
@@ -57,20 +64,23 @@ def plot_samples(samples: SampleSet, system: System | None, path: str | os.PathL
     for ax, name in zip(axes_flat, panels):
         values = samples.energies[keep] if name == "energy" else observables[name](x)
         periodic = isinstance(observables.get(name), Dihedral)
-        ax.hist(values, bins=60, weights=w, density=True, color="C0", alpha=0.8,
-                range=(-np.pi, np.pi) if periodic else None)
+        span = (-np.pi, np.pi) if periodic else None
+        ax.hist(values, bins=60, weights=w, density=True, color="C0", alpha=0.8, range=span,
+                label="reweighted" if samples.is_weighted else None)
+        if samples.is_weighted:
+            ax.hist(values, bins=60, density=True, histtype="step", color="C1", range=span, label="as drawn")
+            ax.legend(fontsize=7)
         ax.set_xlabel("reduced energy u [kT]" if name == "energy" else name)
         ax.set_ylabel("density")
-    if ramachandran:
-        ax = axes_flat[len(panels)]
+    for ax, (label, weights) in zip(axes_flat[len(panels):], maps):
         hist, xe, ye = np.histogram2d(
-            observables["phi"](x), observables["psi"](x), bins=60, range=[[-np.pi, np.pi]] * 2, weights=w
+            observables["phi"](x), observables["psi"](x), bins=60, range=[[-np.pi, np.pi]] * 2, weights=weights
         )
         with np.errstate(divide="ignore"):
             free = -np.log(hist.T)
         free -= free[np.isfinite(free)].min() if np.isfinite(free).any() else 0.0
         image = ax.pcolormesh(xe, ye, np.ma.masked_invalid(free), cmap="viridis", vmax=10)
-        fig.colorbar(image, ax=ax, label="free energy [kT]")
+        fig.colorbar(image, ax=ax, label=label)
         ax.set_xlabel("φ [rad]")
         ax.set_ylabel("ψ [rad]")
         ax.set_aspect("equal")

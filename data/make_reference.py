@@ -34,6 +34,7 @@ import boltzflow as bf
 from boltzflow.estimate.report import summarize
 from boltzflow.io import atomic_write
 from boltzflow.samplers.umbrella import dihedral_atoms, metadynamics_bias
+from boltzflow.systems.observables import PairDistances
 
 HERE = Path(__file__).resolve().parent
 WORK = HERE / ".work"
@@ -48,7 +49,7 @@ STORED_BYTES = 2.7e6  # and at most about this many bytes of coordinates
 # MALA plan for the numba systems: (samples, chains, thin, warmup)
 MALA_PLAN = {
     "double_well_2d": (20_000, 64, 50, 5_000),
-    "dw4": (20_000, 64, 50, 5_000),
+    "dw4": (400_000, 64, 50, 5_000),  # long: its pair-distance profile is a reference for flows
     "lj13": (20_000, 64, 50, 10_000),
     "lj55": (10_000, 64, 50, 10_000),
 }
@@ -95,7 +96,7 @@ def run_mala(name: str) -> bf.SampleSet:
 
 
 def double_well_exact() -> dict[str, float]:
-    """log Z, <x1>, P(x1 > 0) and ΔF(B−A) of double_well_2d by quadrature (x2 is Gaussian)."""
+    """log Z, <u>, <x1>, P(x1 > 0) and ΔF(B−A) of double_well_2d by quadrature (x2 is Gaussian)."""
     system = bf.load_system("double_well_2d")
     energy = system.energy
 
@@ -110,11 +111,39 @@ def double_well_exact() -> dict[str, float]:
     z_left, z_right = quad(lambda x: 1.0, -8, 0), quad(lambda x: 1.0, 0, 8)
     z = z_left + z_right
     return {
+        "mean_energy": quad(u1, -8, 8) / z + 0.5,  # <u1(x1)> + <x2^2/2>
         "log_z": float(np.log(z) - shift + 0.5 * np.log(2 * np.pi)),
         "mean_x1": quad(lambda x: x, -8, 8) / z,
         "p_b": z_right / z,
         "delta_f_b_minus_a": float(-np.log(z_right / z_left)),
     }
+
+
+X1_EDGES = np.linspace(-2.5, 2.5, 51)  # double_well_2d: profile along x1
+PAIR_EDGES = np.linspace(1.5, 6.5, 51)  # dw4: pooled pair-distance profile
+
+
+def double_well_profile() -> dict[str, list]:
+    """Exact F(x1) (kT, minimum 0) of double_well_2d on ``X1_EDGES``: -ln of each bin's probability / width."""
+    energy = bf.load_system("double_well_2d").energy
+
+    def density(x1: float) -> float:
+        return float(np.exp(-energy.evaluate(np.array([[x1, 0.0]]), need_gradient=False).energy[0]))
+
+    mass = np.array([integrate.quad(density, lo, hi, epsabs=0, epsrel=1e-12)[0]
+                     for lo, hi in zip(X1_EDGES[:-1], X1_EDGES[1:])])
+    free = -np.log(mass / np.diff(X1_EDGES))
+    return {"edges": X1_EDGES.tolist(), "free_energy_kT": (free - free.min()).tolist(), "error_kT": [0.0] * len(free)}
+
+
+def sampled_profile(samples: bf.SampleSet, f, edges: np.ndarray) -> dict[str, list]:
+    """Reweighted F(s) (kT, minimum 0) with 1σ errors; ``None`` for empty bins."""
+    profile = bf.estimate.free_energy_profile(samples, f, edges)
+
+    def clean(values: np.ndarray) -> list:
+        return [float(v) if np.isfinite(v) else None for v in values]
+
+    return {"edges": edges.tolist(), "free_energy_kT": clean(profile.free_energy), "error_kT": clean(profile.error)}
 
 
 def ramachandran(samples: bf.SampleSet, system: bf.System, bins: int = 36) -> dict[str, list]:
@@ -183,6 +212,9 @@ def main() -> None:
         if name == "double_well_2d":
             # MALA chains rarely cross the ~9 kT barrier: the exact numbers are the reference here.
             entry["exact"] = double_well_exact()
+            entry["x1_profile"] = double_well_profile()
+        if name == "dw4":
+            entry["pair_distance_profile"] = sampled_profile(samples, PairDistances(2), PAIR_EDGES)
         if "phi" in system.observables and "psi" in system.observables:
             entry["ramachandran"] = ramachandran(samples, system)
             entry["phi_profile"] = phi_profile(samples, system)

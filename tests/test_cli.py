@@ -21,8 +21,8 @@ def test_systems_lists_builtins(capsys):
 
 def test_sample_then_estimate(tmp_path, capsys):
     run = tmp_path / "dw"
-    code = main(["sample", "double_well_2d", "--n", "400", "--seed", "1", "--out", str(run), "--quiet",
-                 "-o", "n_chains=8", "-o", "warmup=200"])
+    code = main(["sample", "double_well_2d", "--sampler", "md", "--n", "400", "--seed", "1", "--out", str(run),
+                 "--quiet", "-o", "n_chains=8", "-o", "warmup=200"])
     assert code == 0
     assert (run / "samples.npz").exists() and (run / "overview.png").exists()
     assert not (run / "checkpoint.npz").exists()
@@ -56,7 +56,8 @@ def test_errors_are_one_line_messages(tmp_path, capsys):
 
 def test_existing_results_are_not_overwritten_without_force(tmp_path, capsys):
     run = tmp_path / "r"
-    args = ["sample", "dw4", "--n", "32", "--out", str(run), "--quiet", "--no-plot", "-o", "warmup=10"]
+    args = ["sample", "dw4", "--sampler", "md", "--n", "32", "--out", str(run), "--quiet", "--no-plot",
+            "-o", "warmup=10"]
     assert main(args) == 0
     before = SampleSet.load(run).x.copy()
     assert main(args) == 2
@@ -86,3 +87,26 @@ def test_train_then_sample_with_the_flow(tmp_path, capsys):
     assert main(["sample", "double_well_2d", "--sampler", "flow", "--model", str(run / "bad.pt"), "--n", "10",
                  "--out", str(tmp_path / "x"), "--quiet"]) == 2
     assert "corrupted" in capsys.readouterr().err
+
+
+def test_default_sampler_uses_the_shipped_flow_and_estimate_compares_with_the_reference(tmp_path, capsys):
+    run = tmp_path / "auto"
+    assert main(["sample", "double_well_2d", "--n", "3000", "--out", str(run), "--no-plot"]) == 0
+    out = capsys.readouterr().out
+    assert "sampler: flow (shipped trained model)" in out
+    samples = SampleSet.load(run)
+    assert samples.metadata["sampler"] == "flow" and samples.metadata["model"].endswith("flow.pt")
+    assert main(["estimate", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert "against the project's reference" in out and "exact (quadrature)" in out
+    assert main(["estimate", str(run), "--json"]) == 0
+    rows = {r["quantity"]: r for r in json.loads(capsys.readouterr().out)["reference"]}
+    delta_f = rows["Delta F B-A (kT)"]
+    assert delta_f["reference"] == pytest.approx(-1.6906, abs=1e-3)
+    assert abs(delta_f["z"]) < 4  # the shipped flow's reweighted ΔF agrees with quadrature
+    # --model is only for the flow sampler; a system without shipped model falls back to MD
+    assert main(["sample", "double_well_2d", "--sampler", "mala", "--model", "x.pt", "--out", str(tmp_path / "m"),
+                 "--quiet"]) == 2
+    assert "--model is for the flow sampler" in capsys.readouterr().err
+    assert main(["sample", "lj13", "--n", "20", "--out", str(tmp_path / "lj"), "--no-plot", "-o", "warmup=10"]) == 0
+    assert "sampler: md" in capsys.readouterr().out

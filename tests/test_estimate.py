@@ -20,6 +20,7 @@ from boltzflow.estimate import (
     format_table,
     free_energy_difference,
     free_energy_difference_between_states,
+    free_energy_profile,
     log_partition_function,
     normalized_log_weights,
     relative_ess,
@@ -329,3 +330,37 @@ def test_chains_stuck_in_different_states_inflate_the_error():
     assert est.error > 10 * naive
     assert est.error == pytest.approx(between_chain_error(x[:, 0], chain))
     assert est.error == pytest.approx(np.std(x.reshape(8, n_per).mean(1), ddof=1) / np.sqrt(8))
+
+
+def test_free_energy_profile_of_reweighted_gaussian_matches_exact_bins():
+    from scipy.stats import norm
+
+    rng = np.random.default_rng(3)
+    x = rng.normal(scale=1.5, size=(40_000, 1))  # proposal N(0, 1.5²), target N(0, 1)
+    log_w = -0.5 * x[:, 0] ** 2 - norm.logpdf(x[:, 0], scale=1.5)
+    samples = SampleSet(x=x, energies=0.5 * x[:, 0] ** 2, log_weights=log_w)
+    edges = np.linspace(-2.5, 2.5, 26)
+    profile = free_energy_profile(samples, lambda v: v[:, 0], edges)
+    exact = -np.log(np.diff(norm.cdf(edges)) / np.diff(edges))
+    z = profile.difference(exact) / profile.error
+    assert np.mean(z**2) < 2.0 and np.abs(z).max() < 4.0  # errors are honest, bins agree
+    assert profile.probability.sum() == pytest.approx(norm.cdf(2.5) - norm.cdf(-2.5), abs=0.01)
+    assert np.allclose(profile.centres, 0.5 * (edges[1:] + edges[:-1])) and profile.free_energy.min() == 0
+
+
+def test_free_energy_profile_pools_multivalued_observables_and_rejects_bad_input():
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(3000, 2))
+    samples = SampleSet(x=x, energies=np.zeros(3000))
+    edges = np.linspace(-3, 3, 13)
+    pooled = free_energy_profile(samples, lambda v: v, edges)
+    stacked = SampleSet(x=x.reshape(-1, 1), energies=np.zeros(6000))
+    single = free_energy_profile(stacked, lambda v: v[:, 0], edges)
+    assert np.allclose(pooled.probability, single.probability)
+    assert np.allclose(pooled.free_energy, single.free_energy)
+    with pytest.raises(ValueError, match="increasing"):
+        free_energy_profile(samples, lambda v: v[:, 0], [1.0, 0.0])
+    with pytest.raises(ValueError, match="not finite"):
+        free_energy_profile(samples, lambda v: np.full(len(v), np.nan), edges)
+    with pytest.raises(ValueError, match="no bin"):
+        pooled.difference(np.full(12, np.inf))

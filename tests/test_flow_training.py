@@ -13,7 +13,7 @@ import torch
 
 import boltzflow as bf
 from boltzflow.flows.models import ModelFileError, build_flow, load_model, save_model
-from boltzflow.flows.training import TrainingCheckpointError, cut_energy, kl_loss, train
+from boltzflow.flows.training import TrainingCheckpointError, cut_energy, kl_loss, split_holdout, train
 from boltzflow.samplers.flow import sample_flow
 
 DATA = Path(__file__).resolve().parents[1] / "data"
@@ -228,3 +228,51 @@ def test_alanine_dipeptide_internal_coordinate_flow_smoke():
     ok = np.isfinite(samples.energies)
     with torch.no_grad():
         assert np.allclose(flow.log_prob(torch.as_tensor(samples.x[ok])).numpy(), log_q[ok], atol=1e-6)
+
+
+def test_holdout_split_and_early_stopping_keep_the_best_parameters(tmp_path):
+    system = gaussian_system()
+    rng = np.random.default_rng(0)
+    x = rng.multivariate_normal(MEAN.numpy(), COV.numpy(), size=600)
+    data = bf.SampleSet(x=x, energies=np.zeros(600), chain=np.repeat([0, 1], 300), time=np.tile(np.arange(300.0), 2))
+    train_set, held = split_holdout(data, 0.2)
+    assert len(held) == 120 and len(train_set) == 480
+    # the last 20 % of each chain, in time order: contiguous blocks, not random frames
+    assert np.all(held.time >= 240) and set(np.unique(held.chain)) == {0, 1}
+    with pytest.raises(ValueError, match="fraction"):
+        split_holdout(data, 1.0)
+    torch.manual_seed(0)
+    # a flow overfitting 40 frames: the held-out likelihood peaks early, and those parameters are kept
+    small = train_set[:40]
+    flow = build_flow(system, n_layers=4, hidden=(64, 64), data=small)
+    history = train(system, flow, small, n_iterations=400, batch_size=40, lr=3e-3, progress=False, validation=held,
+                    validate_every=20, checkpoint=tmp_path / "ckpt.pt")
+    best = int(np.argmin(history.validation_ml))
+    assert history.best_iteration == history.validation_iteration[best] < 400
+    assert history.validation_ml[-1] > history.validation_ml[best]  # it did overfit later on
+    with torch.no_grad():
+        nll = -float(flow.log_prob(torch.as_tensor(held.x)).mean())
+    assert nll == pytest.approx(history.validation_ml[best], rel=1e-9)
+
+
+def test_particle_flows_leave_out_the_free_centre_of_mass(tmp_path):
+    from boltzflow.flows.centre_of_mass import CentreOfMassFree
+
+    embed = CentreOfMassFree(4, 2).double()
+    y = torch.randn(5, 6, dtype=torch.float64)
+    x, logdet = embed.forward(y)
+    assert x.reshape(5, 4, 2).sum(1).abs().max() < 1e-12 and logdet.abs().max() == 0
+    back, _ = embed.inverse(x + torch.tensor([3.0, -1.0], dtype=torch.float64).repeat(4))  # translation drops out
+    assert torch.allclose(back, y, atol=1e-12)
+    jac = torch.autograd.functional.jacobian(lambda v: embed.forward(v[None])[0][0], y[0])
+    assert torch.allclose(jac.T @ jac, torch.eye(6, dtype=torch.float64), atol=1e-12)  # an isometry
+    system = bf.load_system("dw4")
+    assert system.particles == (4, 2)
+    reference = bf.SampleSet.load(DATA / "dw4")
+    flow = build_flow(system, n_layers=2, hidden=(16,), data=reference)
+    samples, log_q = flow.sample(64, torch.Generator().manual_seed(0))
+    assert samples.reshape(64, 4, 2).mean(1).abs().max() < 1e-10
+    shifted = samples + torch.tensor([0.7, -2.0], dtype=torch.float64).repeat(4)
+    assert torch.allclose(flow.log_prob(shifted), log_q, atol=1e-8)
+    path = save_model(flow, tmp_path / "dw4.pt")
+    assert torch.allclose(load_model(path, system).log_prob(samples), log_q, atol=1e-10)

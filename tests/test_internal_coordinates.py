@@ -1,6 +1,7 @@
 """Z-matrices and internal coordinates: validity, exact round trips, exact log-Jacobians."""
 
 import math
+from pathlib import Path
 
 import mdtraj as md
 import numpy as np
@@ -108,7 +109,12 @@ def _rotation_zyz(angles: torch.Tensor) -> torch.Tensor:
 def test_zmatrix_of_alanine_dipeptide_is_a_bonded_tree_with_phi_psi(ala):
     zm = zmatrix_from_topology(ala.topology)
     assert zm.root == (6, 8, 14)  # backbone N, CA, C of ALA
-    assert _check_zmatrix(ala.topology, zm) == 0  # every dihedral is a proper bonded chain
+    # 7 chain torsions (φ, ψ, two ω, three methyl rotors), one per rotatable bond; the 12 other
+    # substituents are placed relative to a sibling on the same centre (stiff dihedrals)
+    assert _check_zmatrix(ala.topology, zm) == 12
+    bonded = {frozenset((a.index, b.index)) for a, b in ala.topology.bonds}
+    chain_axes = [frozenset((b, a)) for _, b, a, d in zm.rows.tolist() if frozenset((a, d)) in bonded]
+    assert len(chain_axes) == 7 == len(set(chain_axes))
     assert zm.dihedral_row(4, 6, 8, 14) == zm.torsions["phi1"]
     assert zm.dihedral_row(6, 8, 14, 16) == zm.torsions["psi1"]
     assert zm.dihedral_row(0, 1, 2, 3) is None
@@ -185,6 +191,7 @@ def test_dihedrals_are_the_system_phi_psi(ala, md_frames):
 def test_log_jacobian_matches_autograd(ala, md_frames):
     ic = InternalCoordinates.from_topology(ala.topology).fit_normalization(md_frames)
     assert ic.inverse(md_frames)[0][:, : 2 * 22 - 3].mean(0).abs().max() < 1e-8
+    assert 0 < int(ic.circular.sum()) < 22 - 3  # stiff dihedrals became linear, so their scale enters
     _, r1, r2 = ic.zmatrix.root
     free = [3 * r1, 3 * r2, 3 * r2 + 1] + [3 * a + k for a in ic.zmatrix.rows[:, 0] for k in range(3)]
     q_all, logdet_inv = ic.inverse(md_frames[:3])
@@ -193,7 +200,7 @@ def test_log_jacobian_matches_autograd(ala, md_frames):
         assert torch.allclose(ld_fwd, -ld_inv, rtol=1e-12)
         # (a) Jacobian onto the 3N-6 free canonical-frame components, plus the documented root factor
         jac = torch.autograd.functional.jacobian(lambda v: ic.forward(v[None])[0][0, free], q)
-        raw = torch.cat([q[: 2 * 22 - 3] * ic.scale + ic.mean, q[2 * 22 - 3 :]])
+        raw = q * ic.scale + ic.mean
         r01, r12, theta = raw[0], raw[1], raw[ic.angles][0]
         root_factor = 2 * torch.log(r01) + torch.log(r12) + torch.log(torch.sin(theta))
         assert torch.allclose(torch.linalg.slogdet(jac)[1] + root_factor, ld_fwd[0], rtol=1e-8)
@@ -226,3 +233,25 @@ def test_normalization_and_bad_input(ala, md_frames):
         ic.forward(md_frames[:2])
     with pytest.raises(ValueError, match=r"shape \(batch, 66\)"):
         ic.canonicalize(md_frames[:, :63])
+
+
+def test_fitted_normalization_keeps_rotors_circular_and_round_trips(ala):
+    # the project's reference frames (umbrella MD, 20 ns): both φ basins, rotating methyl groups
+    reference = bf.SampleSet.load(Path(__file__).resolve().parents[1] / "data" / "alanine_dipeptide_implicit")
+    md_frames = torch.as_tensor(reference.x[::8])
+    ic = InternalCoordinates.from_topology(ala.topology).fit_normalization(md_frames)
+    n_linear = 2 * 22 - 3
+    circular = set(torch.nonzero(ic.circular)[:, 0].tolist())
+    # the floppy torsions stay circular: φ, ψ and the three methyl rotors; the 14 others are linear
+    assert {ic.torsion_index["phi1"], ic.torsion_index["psi1"]} <= circular
+    assert len(circular) == 5 and min(circular) >= n_linear
+    q, logdet_inv = ic.inverse(md_frames)
+    linear_dihedrals = ~ic.circular & (torch.arange(ic.dim) >= n_linear)
+    # stiff dihedrals (amide ω near ±π included) are centred and scaled: O(1) values, no wrap jumps
+    assert q[:, linear_dihedrals].abs().max() < 6 and q[:, linear_dihedrals].std(0).min() > 0.3
+    x, logdet_fwd = ic.forward(q)
+    assert (x - ic.canonicalize(md_frames)).abs().max() < 1e-10
+    assert torch.allclose(logdet_fwd, -logdet_inv, rtol=0, atol=1e-9)
+    # the scale enters the log-Jacobian exactly: compare with the unnormalised transform
+    plain = InternalCoordinates.from_topology(ala.topology)
+    assert torch.allclose(logdet_inv, plain.inverse(md_frames)[1] - ic.scale.log().sum(), atol=1e-9)

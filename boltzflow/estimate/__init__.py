@@ -9,6 +9,7 @@ sample size, reliability flag); estimates from fewer than ``min_ess`` effective 
 
 from .free_energy import bar, exp_average, free_energy_difference, free_energy_difference_between_states
 from .importance import expectation, log_partition_function
+from .profile import FreeEnergyProfile, free_energy_profile
 from .report import format_table, summarize
 from .result import Estimate, LowESSWarning
 from .uncertainty import bootstrap_error, estimate_error, statistical_inefficiency
@@ -16,6 +17,7 @@ from .weights import ess, normalized_log_weights, relative_ess
 
 __all__ = [
     "Estimate",
+    "FreeEnergyProfile",
     "LowESSWarning",
     "bar",
     "bootstrap_error",
@@ -26,6 +28,7 @@ __all__ = [
     "format_table",
     "free_energy_difference",
     "free_energy_difference_between_states",
+    "free_energy_profile",
     "log_partition_function",
     "normalized_log_weights",
     "relative_ess",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable
 
 import numpy as np
@@ -55,6 +56,70 @@ def summarize(
     if samples.metadata.get("normalized_proposal", False):
         summary["log_z"] = log_partition_function(samples, seed=seed).to_dict()
     return summary
+
+
+_REFERENCE_METHODS = {"exact": "exact (quadrature)", "umbrella": "umbrella MD", "md": "MD/MCMC baseline"}
+
+
+def reference_comparison(summary: dict[str, Any], reference: dict[str, Any]) -> list[dict[str, Any]]:
+    """This run's ΔF and ⟨u⟩ next to the project's reference values, with the gap in standard errors.
+
+    Parameters
+    ----------
+    summary : dict
+        A :func:`summarize` result.
+    reference : dict
+        A system's entry of ``data/reference.json``: method name to a summary (``"md"``,
+        ``"umbrella"``) or to exact numbers (``"exact"``, with ``"delta_f_b_minus_a"``).
+
+    Returns
+    -------
+    list of dict
+        One row per quantity both have: ``quantity``, ``value``, ``error``, ``reference``,
+        ``reference_error``, ``reference_method``, ``z`` (difference over the combined error).
+        For ΔF the best reference available is used (exact, then umbrella MD, then plain MD
+        when it is marked reliable).
+    """
+    rows = []
+
+    def add(quantity: str, est: dict[str, Any], ref_value: float, ref_error: float, method: str) -> None:
+        combined = (est["error"] ** 2 + ref_error**2) ** 0.5
+        z = (est["value"] - ref_value) / combined if combined > 0 else float("nan")
+        rows.append({"quantity": quantity, "value": est["value"], "error": est["error"], "reference": ref_value,
+                     "reference_error": ref_error, "reference_method": method, "z": z})
+
+    if "delta_f" in summary:
+        if "delta_f_b_minus_a" in reference.get("exact", {}):
+            add("Delta F B-A (kT)", summary["delta_f"], reference["exact"]["delta_f_b_minus_a"], 0.0,
+                _REFERENCE_METHODS["exact"])
+        else:
+            for method in ("umbrella", "md"):
+                ref = reference.get(method, {}).get("delta_f")
+                if ref is not None and ref.get("reliable"):
+                    add("Delta F B-A (kT)", summary["delta_f"], ref["value"], ref["error"], _REFERENCE_METHODS[method])
+                    break
+    ref_u = reference.get("md", {}).get("mean_energy")
+    if "mean_energy" in reference.get("exact", {}):
+        add("<u> (kT)", summary["mean_energy"], reference["exact"]["mean_energy"], 0.0, _REFERENCE_METHODS["exact"])
+    elif ref_u is not None and ref_u.get("reliable"):
+        add("<u> (kT)", summary["mean_energy"], ref_u["value"], ref_u["error"], _REFERENCE_METHODS["md"])
+    return rows
+
+
+def format_comparison(rows: list[dict[str, Any]]) -> str:
+    """Plain-text lines for :func:`reference_comparison` rows."""
+    lines = []
+    for row in rows:
+        value, error = format_value_error(row["value"], row["error"])
+        if row["reference_error"] > 0:
+            ref, ref_error = format_value_error(row["reference"], row["reference_error"])
+            ref_text = f"{ref} ± {ref_error}"
+        else:
+            ref_text = f"{row['reference']:.4g}"
+        gap = f"difference {row['z']:+.1f} σ" if math.isfinite(row["z"]) else "no estimate from this run"
+        method = row["reference_method"]
+        lines.append(f"{row['quantity']}: this run {value} ± {error}; reference {ref_text} ({method}); {gap}")
+    return "\n".join(lines)
 
 
 def format_table(summary: dict[str, Any]) -> str:

@@ -7,7 +7,7 @@ from .internal_coordinates import InternalCoordinates
 from .models import ModelFileError, build_flow, load_model, save_model
 from .nets import MLP
 from .splines import rq_spline
-from .training import TrainingHistory, train
+from .training import TrainingHistory, split_holdout, train
 from .zmatrix import ZMatrix, zmatrix_from_topology
 
 __all__ = [
@@ -17,8 +17,8 @@ __all__ = [
     "Bijection",
     "Compose",
     "FlowDistribution",
-    "Inverse",
     "InternalCoordinates",
+    "Inverse",
     "ModelFileError",
     "SplineCoupling",
     "TrainingHistory",
@@ -28,6 +28,7 @@ __all__ = [
     "load_model",
     "rq_spline",
     "save_model",
+    "split_holdout",
     "train",
     "zmatrix_from_topology",
 ]

@@ -13,7 +13,14 @@ Layout of the internal-coordinate vector (``forward`` input, ``inverse`` output)
   :class:`boltzflow.systems.observables.Dihedral`).
 
 Bonds and angles are *linear* features, optionally normalised as ``(value - mean) / scale``
-(:meth:`InternalCoordinates.fit_normalization`); dihedrals are *circular* (``circular`` mask).
+(:meth:`InternalCoordinates.fit_normalization`). Dihedrals start *circular* (``circular`` mask,
+raw angles on ``[-π, π)``). Fitted on data, a dihedral whose circular spread is small (amide ω,
+impropers, hydrogens on planar or tetrahedral centres) becomes linear too, as
+``wrap(value - circular mean) / scale``; only the floppy torsions (φ, ψ, methyl rotors) stay
+circular. A stiff dihedral is far better modelled as a narrow Gaussian than as a sharp peak of a
+circle map from a uniform base. The generative direction does not wrap a linear dihedral: values
+beyond ±π (more than π/scale standard units out) alias onto the circle, a region of negligible
+flow density for any dihedral classed as stiff.
 
 Rigid-body motion and the density convention
 --------------------------------------------
@@ -76,6 +83,11 @@ def _dihedral(p0: torch.Tensor, p1: torch.Tensor, p2: torch.Tensor, p3: torch.Te
     return torch.where(phi >= math.pi, phi - 2 * math.pi, phi)
 
 
+def _wrap(angle: torch.Tensor) -> torch.Tensor:
+    """Angles mapped to ``[-π, π)``."""
+    return torch.remainder(angle + math.pi, 2 * math.pi) - math.pi
+
+
 def _place(
     b: torch.Tensor, a: torch.Tensor, d: torch.Tensor, r: torch.Tensor, theta: torch.Tensor, phi: torch.Tensor
 ) -> torch.Tensor:
@@ -119,11 +131,12 @@ class InternalCoordinates(Bijection):
     bond_atoms, angle_atoms, dihedral_atoms : ndarray of int
         The atoms defining each feature, shapes ``(N-1, 2)``, ``(N-2, 3)``, ``(N-3, 4)``.
     circular : torch.Tensor of bool, shape (3N - 6,)
-        True for the dihedrals (periodic on ``[-π, π)``), False for bonds and angles.
+        True for the dihedrals kept periodic on ``[-π, π)``, False for bonds, angles and (after
+        :meth:`fit_normalization` on data) stiff dihedrals.
     torsion_index : dict of str to int
         Feature index of the named backbone torsions of ``zmatrix.torsions`` (e.g. ``"phi1"``).
-    mean, scale : torch.Tensor, shape (2N - 3,)
-        Normalisation of the linear features (bonds then angles); zeros and ones by default.
+    mean, scale : torch.Tensor, shape (3N - 6,)
+        Normalisation ``(value - mean) / scale`` of every feature (circular ones keep 0 and 1).
     """
 
     def __init__(self, zmatrix: ZMatrix) -> None:
@@ -140,8 +153,8 @@ class InternalCoordinates(Bijection):
         self.torsion_index = {name: 2 * n - 3 + row for name, row in zmatrix.torsions.items()}
         self._levels = _levels(zmatrix)
         self.register_buffer("circular", torch.arange(self.dim) >= 2 * n - 3)
-        self.register_buffer("mean", torch.zeros(2 * n - 3, dtype=torch.float64))
-        self.register_buffer("scale", torch.ones(2 * n - 3, dtype=torch.float64))
+        self.register_buffer("mean", torch.zeros(self.dim, dtype=torch.float64))
+        self.register_buffer("scale", torch.ones(self.dim, dtype=torch.float64))
 
     @classmethod
     def from_topology(cls, topology: md.Topology, root: tuple[int, int, int] | None = None) -> InternalCoordinates:
@@ -165,32 +178,56 @@ class InternalCoordinates(Bijection):
         """``log J(q) = sum 2 log r + sum log |sin theta|``: the volume factor of the quotient."""
         return 2 * raw[:, self.bonds].abs().log().sum(1) + torch.sin(raw[:, self.angles]).abs().log().sum(1)
 
-    def fit_normalization(self, x: torch.Tensor, scale: float | None = None) -> InternalCoordinates:
-        """Normalise bonds and angles as ``(value - mean) / scale`` with statistics of frames ``x``.
+    def fit_normalization(
+        self, x: torch.Tensor, scale: float | None = None, max_linear_std: float | None = 0.6
+    ) -> InternalCoordinates:
+        """Fit the feature normalisation (and which dihedrals stay circular) to frames ``x``.
 
         Parameters
         ----------
         x : torch.Tensor, shape (B, 3N)
             Cartesian frames (e.g. MD samples, or just the reference structure with ``scale``).
         scale : float, optional
-            A common scale (nm for bonds, rad for angles). Default: the per-feature standard
-            deviation over ``x`` (needs ``B >= 2``), floored at 1e-3 so that constrained bonds
-            stay invertible.
+            A common scale (nm for bonds, rad for angles) around the mean of ``x``; dihedrals then
+            all stay circular. Default: the per-feature standard deviation over ``x`` (needs
+            ``B >= 2``), floored at 1e-3 so that constrained bonds stay invertible.
+        max_linear_std : float or None
+            Dihedrals whose circular standard deviation ``sqrt(-2 ln R)`` (``R`` the mean
+            resultant length) over ``x`` is below this (rad) become linear features, normalised
+            around their circular mean — except the named backbone torsions (φ, ψ), which stay
+            circular even if the data saw one basin only. ``None`` keeps every dihedral circular.
 
         Returns
         -------
         InternalCoordinates
             ``self``, for chaining.
         """
-        linear = self._raw(x.detach().to(torch.float64))[:, : 2 * self.n_atoms - 3]
-        if scale is None:
-            if linear.shape[0] < 2:
-                raise ValueError("fit_normalization needs at least 2 frames to estimate a scale, or pass scale=")
-            new_scale = linear.std(0).clamp_min(1e-3)
+        raw = self._raw(x.detach().to(torch.float64))
+        n_linear = 2 * self.n_atoms - 3
+        mean, new_scale = torch.zeros(self.dim, dtype=torch.float64), torch.ones(self.dim, dtype=torch.float64)
+        circular = torch.arange(self.dim) >= n_linear
+        if scale is not None:
+            mean[:n_linear] = raw[:, :n_linear].mean(0)
+            new_scale[:n_linear] = float(scale)
         else:
-            new_scale = torch.full_like(self.scale, float(scale))
-        self.mean.copy_(linear.mean(0))
+            if raw.shape[0] < 2:
+                raise ValueError("fit_normalization needs at least 2 frames to estimate a scale, or pass scale=")
+            mean[:n_linear] = raw[:, :n_linear].mean(0)
+            new_scale[:n_linear] = raw[:, :n_linear].std(0).clamp_min(1e-3)
+            if max_linear_std is not None:
+                dihedrals = raw[:, n_linear:]
+                resultant = torch.stack([torch.cos(dihedrals).mean(0), torch.sin(dihedrals).mean(0)])
+                spread = torch.sqrt(-2 * torch.log(torch.linalg.vector_norm(resultant, dim=0).clamp(1e-12, 1.0)))
+                stiff = spread < max_linear_std
+                stiff[[k - n_linear for k in self.torsion_index.values()]] = False  # backbone φ/ψ: always circular
+                centre = torch.atan2(resultant[1], resultant[0])
+                deviation = _wrap(dihedrals - centre)
+                mean[n_linear:] = torch.where(stiff, centre, 0.0)
+                new_scale[n_linear:] = torch.where(stiff, deviation.std(0).clamp_min(1e-3), 1.0)
+                circular[n_linear:] = ~stiff
+        self.mean.copy_(mean)
         self.scale.copy_(new_scale)
+        self.circular.copy_(circular)
         return self
 
     def inverse(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -198,8 +235,9 @@ class InternalCoordinates(Bijection):
         raw = self._raw(x)
         n_linear = 2 * self.n_atoms - 3
         mean, scale = self.mean.to(x), self.scale.to(x)
-        ic = torch.cat([(raw[:, :n_linear] - mean) / scale, raw[:, n_linear:]], dim=1)
-        return ic, -self._log_jacobian(raw) - scale.log().sum()
+        centred = raw - mean
+        centred = torch.cat([centred[:, :n_linear], _wrap(centred[:, n_linear:])], dim=1)
+        return centred / scale, -self._log_jacobian(raw) - scale.log().sum()
 
     def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Internal coordinates ``(B, 3N - 6)`` → Cartesian ``(B, 3N)`` in the canonical frame.
@@ -207,9 +245,7 @@ class InternalCoordinates(Bijection):
         Returns the coordinates and ``log J + sum(log scale)``.
         """
         self._check(z, self.dim, "internal coordinates")
-        n_linear = 2 * self.n_atoms - 3
-        mean, scale = self.mean.to(z), self.scale.to(z)
-        raw = torch.cat([z[:, :n_linear] * scale + mean, z[:, n_linear:]], dim=1)
+        raw = z * self.scale.to(z) + self.mean.to(z)
         bonds, angles, dihedrals = raw[:, self.bonds], raw[:, self.angles], raw[:, self.dihedrals]
 
         r01, r12, theta = bonds[:, 0], bonds[:, 1], angles[:, 0]
@@ -230,7 +266,7 @@ class InternalCoordinates(Bijection):
             k = torch.as_tensor(level, device=z.device)
             placed = _place(p[:, b], p[:, a], p[:, d], bonds[:, 2 + k], angles[:, 1 + k], dihedrals[:, k])
             p = p.index_copy(1, i, placed)
-        return p.reshape(z.shape[0], -1), self._log_jacobian(raw) + scale.log().sum()
+        return p.reshape(z.shape[0], -1), self._log_jacobian(raw) + self.scale.to(z).log().sum()
 
     def canonicalize(self, x: torch.Tensor) -> torch.Tensor:
         """Move each frame rigidly into the canonical frame of the root atoms (``forward(inverse(x))`` exactly).

@@ -5,7 +5,10 @@
 * toy systems (no topology): coupling layers on ``R^D`` (rational-quadratic splines on linear
   domains, or RealNVP affine couplings), followed by an elementwise affine standardisation
   ``x = loc + scale · y`` fitted to data (mean and standard deviation), so that training starts
-  at the scale of the data;
+  at the scale of the data; for translation-invariant particle systems (``system.particles``)
+  the flow lives on the ``(n - 1) d`` centre-of-mass-free coordinates
+  (:class:`~boltzflow.flows.centre_of_mass.CentreOfMassFree`), its samples have zero centre of
+  mass and its density is per unit volume of that subspace;
 * molecular systems (topology present): coupling layers on the internal coordinates of
   :class:`~boltzflow.flows.internal_coordinates.InternalCoordinates` (dihedrals circular, bonds
   and angles linear and normalised on the data), followed by the internal → Cartesian map. The
@@ -36,10 +39,11 @@ from ..systems.system import System
 from .base import Bijection, Compose
 from .coupling import AffineCoupling, SplineCoupling, alternating_masks
 from .distributions import BaseDistribution, FlowDistribution
+from .centre_of_mass import CentreOfMassFree
 from .internal_coordinates import InternalCoordinates
 
 _FORMAT = "boltzflow-flow-model"
-_FORMAT_VERSION = 1
+_FORMAT_VERSION = 2
 KINDS = ("spline", "affine")
 
 
@@ -98,13 +102,17 @@ def _from_config(config: dict[str, Any], topology: Any) -> FlowDistribution:
     dim = config["dim"]
     if config["molecular"]:
         ic = InternalCoordinates.from_topology(topology)
+        if config.get("circular") is not None:  # which dihedrals the data left circular
+            ic.circular.copy_(torch.as_tensor(config["circular"], dtype=torch.bool))
         circular = ic.circular.clone()
         last: Bijection = ic
         latent_dim = ic.dim
     else:
-        circular = torch.zeros(dim, dtype=torch.bool)
-        last = Standardize(dim)
-        latent_dim = dim
+        particles = config.get("particles")
+        centre = None if particles is None else CentreOfMassFree(*particles)
+        latent_dim = dim if centre is None else centre.latent_dim
+        circular = torch.zeros(latent_dim, dtype=torch.bool)
+        last = Standardize(latent_dim) if centre is None else Compose(Standardize(latent_dim), centre)
     layers = _couplings(
         latent_dim, circular, config["kind"], config["n_layers"], config["hidden"], config["num_bins"],
         config["tail_bound"],
@@ -130,6 +138,7 @@ def build_flow(
     num_bins: int = 8,
     tail_bound: float = 5.0,
     data: SampleSet | np.ndarray | torch.Tensor | None = None,
+    max_linear_std: float | None = 0.6,
 ) -> FlowDistribution:
     """A flow ``q(x)`` on the configuration space of ``system`` (float64, identity couplings at start).
 
@@ -151,7 +160,11 @@ def build_flow(
         Configurations ``(N, D)`` to fit the normalisation: mean/std of each coordinate (toy) or
         of bonds and angles (molecules). Zero-weight samples of a SampleSet are ignored. Without
         data the standardisation is the identity; a molecular flow falls back to ``system.x0``
-        with a scale of 0.05 (nm / rad).
+        with a scale of 0.05 (nm / rad) and all dihedrals circular.
+    max_linear_std : float or None
+        Molecules: dihedrals whose circular spread over ``data`` is below this (rad) are modelled
+        as linear features (see :meth:`InternalCoordinates.fit_normalization`); ``None`` keeps
+        all dihedrals circular.
 
     Returns
     -------
@@ -162,16 +175,27 @@ def build_flow(
         "kind": kind, "n_layers": int(n_layers), "hidden": [int(h) for h in hidden], "num_bins": int(num_bins),
         "tail_bound": float(tail_bound), "dim": system.dim, "molecular": system.topology is not None,
     }
-    flow = _from_config(config, system.topology)
-    last = flow.bijection.layers[-1]
-    if data is not None:
-        x = _data_tensor(data, system.dim)
-        if config["molecular"]:
-            last.fit_normalization(x)
+    x = None if data is None else _data_tensor(data, system.dim)
+    if config["molecular"]:
+        # fitted first: the data decide which dihedrals stay circular, hence the coupling layers
+        normalization = InternalCoordinates.from_topology(system.topology)
+        if x is None:
+            normalization.fit_normalization(torch.as_tensor(system.x0, dtype=torch.float64)[None], scale=0.05)
         else:
-            last.fit(x)
-    elif config["molecular"]:
-        last.fit_normalization(system.x0[None], scale=0.05)
+            normalization.fit_normalization(x, max_linear_std=max_linear_std)
+        config["circular"] = normalization.circular.tolist()
+        flow = _from_config(config, system.topology)
+        flow.bijection.layers[-1].load_state_dict(normalization.state_dict())
+    else:
+        if system.particles is not None:  # translation invariant: model the centred configurations only
+            config["particles"] = [int(v) for v in system.particles]
+        flow = _from_config(config, system.topology)
+        last = flow.bijection.layers[-1]
+        if x is not None:
+            if isinstance(last, Compose):  # Standardize, then the centre-of-mass-free embedding
+                last.layers[0].fit(last.layers[1].inverse(x)[0])
+            else:
+                last.fit(x)
     flow.config = config
     return flow
 

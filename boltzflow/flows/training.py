@@ -53,6 +53,10 @@ class TrainingHistory:
     n_skipped : int
         Optimiser steps skipped because the gradients were not finite (or there was no loss
         to differentiate: every KL sample failed).
+    validation_iteration, validation_ml : list
+        Iterations at which the held-out negative log-likelihood was measured, and its values.
+    best_iteration : int or None
+        Iteration count of the parameters kept (lowest held-out NLL), when validating.
     """
 
     loss: list[float] = field(default_factory=list)
@@ -61,6 +65,9 @@ class TrainingHistory:
     relative_ess: list[float] = field(default_factory=list)
     n_dropped: int = 0
     n_skipped: int = 0
+    validation_iteration: list[int] = field(default_factory=list)
+    validation_ml: list[float] = field(default_factory=list)
+    best_iteration: int | None = None
 
 
 def cut_energy(u: torch.Tensor, u_high: float = 1e3, u_max: float = 1e9) -> torch.Tensor:
@@ -139,14 +146,19 @@ def relative_ess(log_weights: torch.Tensor) -> float:
     return float(torch.exp(2 * torch.logsumexp(lw, 0) - torch.logsumexp(2 * lw, 0)) / lw.numel())
 
 
-def _data_sampler(data: SampleSet, dim: int, device: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Finite-weight data rows and their sampling probabilities (normalised importance weights)."""
+DATA_WEIGHTINGS = ("importance", "uniform")
+
+
+def _data_sampler(data: SampleSet, dim: int, device: str, weighting: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Finite-weight data rows and their sampling probabilities (normalised importance weights, or uniform)."""
+    if weighting not in DATA_WEIGHTINGS:
+        raise ValueError(f"unknown data weighting '{weighting}'; choose one of {', '.join(DATA_WEIGHTINGS)}")
     if data.dim != dim:
         raise ValueError(f"training data has dimension {data.dim}, the system {dim}")
     keep = np.isfinite(data.log_weights)
     if not keep.any():
         raise ValueError("training data has no sample with nonzero weight")
-    lw = data.log_weights[keep]
+    lw = data.log_weights[keep] if weighting == "importance" else np.zeros(int(keep.sum()))
     p = np.exp(lw - lw.max())
     return (
         torch.as_tensor(data.x[keep], dtype=torch.float64, device=device),
@@ -154,12 +166,58 @@ def _data_sampler(data: SampleSet, dim: int, device: str) -> tuple[torch.Tensor,
     )
 
 
+def split_holdout(data: SampleSet, fraction: float) -> tuple[SampleSet, SampleSet]:
+    """Split training frames into (train, held-out): the last ``fraction`` of each chain is held out.
+
+    Contiguous blocks rather than random frames, so that correlated neighbours of MD frames do not
+    leak across the split.
+
+    Parameters
+    ----------
+    data : SampleSet
+        Frames with ``chain`` labels (and ``time``, if any, for their order).
+    fraction : float
+        Held-out share, ``0 < fraction < 1``.
+
+    Returns
+    -------
+    tuple of SampleSet
+    """
+    if not 0 < fraction < 1:
+        raise ValueError(f"the held-out fraction must be in (0, 1), got {fraction}")
+    held = np.zeros(len(data), dtype=bool)
+    for chain in np.unique(data.chain):
+        rows = np.flatnonzero(data.chain == chain)
+        if data.time is not None:
+            rows = rows[np.argsort(data.time[rows], kind="stable")]
+        n_held = int(round(fraction * len(rows)))
+        held[rows[len(rows) - n_held :]] = True
+    if held.all() or not held.any():
+        raise ValueError(f"cannot hold out {fraction:.0%} of {len(data)} frames")
+    return data[~held], data[held]
+
+
+def _validation_nll(flow: FlowDistribution, x: torch.Tensor, p: torch.Tensor, batch: int = 2048) -> float:
+    """Held-out ``−Σ p_i log q(x_i)`` (``p`` normalised sampling probabilities), without gradients."""
+    flow.eval()
+    total = 0.0
+    with torch.no_grad():
+        for start in range(0, len(x), batch):
+            log_q = flow.log_prob(x[start : start + batch]).to(p)
+            weights = p[start : start + batch]
+            total -= float((weights * torch.where(weights > 0, log_q, 0.0)).sum())
+    flow.train()
+    return total
+
+
 def _save_checkpoint(
     path: Path, run: dict[str, Any], iteration: int, flow: FlowDistribution, optimizer: torch.optim.Optimizer,
-    generator: torch.Generator, history: TrainingHistory,
+    schedule: torch.optim.lr_scheduler.LRScheduler | None, generator: torch.Generator, history: TrainingHistory,
+    best: dict[str, torch.Tensor] | None,
 ) -> None:
     payload = {
         "run": run, "iteration": iteration, "flow": flow.state_dict(), "optimizer": optimizer.state_dict(),
+        "schedule": None if schedule is None else schedule.state_dict(), "best": best,
         "rng": generator.get_state(), "history": vars(history),
     }
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -203,6 +261,10 @@ def train(
     u_max: float = 1e9,
     max_grad_norm: float = 100.0,
     ess_every: int = 50,
+    data_weighting: str = "importance",
+    lr_final: float | None = None,
+    validation: SampleSet | None = None,
+    validate_every: int = 200,
 ) -> TrainingHistory:
     """Train ``flow`` in place with Adam on ``w_ml · ML + w_kl · KL``.
 
@@ -241,6 +303,18 @@ def train(
         Gradient-norm clipping threshold.
     ess_every : int
         Period of the ESS probe when ``w_kl == 0``.
+    data_weighting : {"importance", "uniform"}
+        How ML batches are drawn from ``data``: in proportion to the samples' importance weights
+        (an unbiased sample of the target), or uniformly (a deliberate mixture such as MD plus
+        umbrella frames, meant to over-cover rare regions).
+    lr_final : float, optional
+        If given, the learning rate decays along a cosine from ``lr`` to ``lr_final``.
+    validation : SampleSet, optional
+        Held-out configurations (weighted like ``data``). Their negative log-likelihood is measured
+        every ``validate_every`` steps and at the end, and the flow is left with the parameters
+        that scored best (early stopping against overfitting the training frames).
+    validate_every : int
+        Period of the validation.
 
     Returns
     -------
@@ -254,22 +328,33 @@ def train(
         raise ValueError("n_iterations must be >= 0 and batch_size >= 1")
     flow.to(device)
     generator = torch.Generator(device=device).manual_seed(seed)
-    data_x, data_p = _data_sampler(data, system.dim, device) if w_ml > 0 else (None, None)
+    data_x, data_p = _data_sampler(data, system.dim, device, data_weighting) if w_ml > 0 else (None, None)
+    valid_x, valid_p = (None, None) if validation is None else _data_sampler(
+        validation, system.dim, device, data_weighting)
     optimizer = torch.optim.Adam(flow.parameters(), lr=lr)
+    schedule = None
+    if lr_final is not None:
+        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(n_iterations, 1), eta_min=lr_final)
     history = TrainingHistory()
     run = {
         "system": system.name, "dim": system.dim, "n_iterations": n_iterations, "batch_size": batch_size, "lr": lr,
         "w_ml": w_ml, "w_kl": w_kl, "seed": seed, "n_data": 0 if data_x is None else len(data_x),
+        "data_weighting": data_weighting, "lr_final": lr_final,
+        "n_validation": 0 if valid_x is None else len(valid_x), "validate_every": validate_every,
     }
     path = None if checkpoint is None else Path(checkpoint)
     start = 0
+    best: dict[str, torch.Tensor] | None = None
     saved = None if path is None else _load_checkpoint(path, run, device)
     if saved is not None:
         flow.load_state_dict(saved["flow"])
         optimizer.load_state_dict(saved["optimizer"])
+        if schedule is not None:
+            schedule.load_state_dict(saved["schedule"])
         generator.set_state(saved["rng"].cpu())
         history = TrainingHistory(**saved["history"])
         start = saved["iteration"]
+        best = saved.get("best")
     last_save = time.monotonic()
     bar = tqdm(total=n_iterations, initial=start, desc=f"train {system.name}", disable=not progress, unit="it")
     flow.train()
@@ -300,6 +385,8 @@ def train(
             optimizer.step()
         else:
             history.n_skipped += 1
+        if schedule is not None:
+            schedule.step()
         history.loss.append(float(loss.detach()))
         history.ml.append(float(ml.detach()))
         history.kl.append(float(kl.detach()))
@@ -308,12 +395,25 @@ def train(
         if iteration % 10 == 0 or iteration == n_iterations - 1:
             bar.set_postfix(loss=f"{float(loss.detach()):.3f}", ess=f"{ess:.2f}")
         done = iteration + 1
+        if valid_x is not None and (done % validate_every == 0 or done == n_iterations):
+            nll = _validation_nll(flow, valid_x, valid_p)
+            history.validation_iteration.append(done)
+            history.validation_ml.append(nll)
+            if best is None or nll <= min(history.validation_ml):
+                best = {k: v.detach().clone() for k, v in flow.state_dict().items()}
+                history.best_iteration = done
+            bar.set_postfix(loss=f"{float(loss.detach()):.3f}", ess=f"{ess:.2f}", valid=f"{nll:.3f}")
         if path is not None and (done == n_iterations or time.monotonic() - last_save >= checkpoint_seconds):
-            _save_checkpoint(path, run, done, flow, optimizer, generator, history)
+            _save_checkpoint(path, run, done, flow, optimizer, schedule, generator, history, best)
             last_save = time.monotonic()
     bar.close()
+    if best is not None:
+        flow.load_state_dict(best)
     flow.eval()
     return history
 
 
-__all__ = ["TrainingCheckpointError", "TrainingHistory", "cut_energy", "kl_loss", "ml_loss", "relative_ess", "train"]
+__all__ = [
+    "DATA_WEIGHTINGS", "TrainingCheckpointError", "TrainingHistory", "cut_energy", "kl_loss", "ml_loss",
+    "relative_ess", "split_holdout", "train",
+]

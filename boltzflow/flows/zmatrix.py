@@ -5,8 +5,10 @@ it: a bond partner ``b``, an angle partner ``a`` and a dihedral partner ``d``, s
 fixed by the bond length ``|i - b|``, the angle ``i-b-a`` and the dihedral ``i-b-a-d``.
 
 :func:`zmatrix_from_topology` works for any connected molecule: it walks the bond graph
-breadth-first from the roots (heavy atoms before hydrogens at each step) and picks partners that
-form a bonded chain ``i-b-a-d`` whenever one exists (otherwise an improper ``d`` bonded to ``b``).
+breadth-first from the roots (heavy atoms before hydrogens, longer branches first, at each step).
+The first substituent placed on a bond gets the chain torsion ``i-b-a-d``; later substituents of the
+same centre take their dihedral relative to an already placed sibling (``d`` bonded to ``b``), a
+stiff coordinate. Only the true rotors (backbone φ/ψ, methyl groups, side chains) stay floppy.
 For peptides the roots are the backbone ``N-CA-C`` of the middle residue, which makes every
 backbone φ/ψ a Z-matrix dihedral (see :attr:`ZMatrix.torsions`).
 """
@@ -123,22 +125,39 @@ def _distances(neighbours: list[list[int]], start: int) -> list[int]:
 def _partners(
     atom: int, bond: int, neighbours: list[list[int]], placed: dict[int, int], heavy: np.ndarray
 ) -> tuple[int, int]:
-    """Angle and dihedral partners for ``atom`` bonded to ``bond``: a bonded chain if possible.
+    """Angle and dihedral partners for ``atom`` bonded to ``bond``.
 
-    Among the options, heavy atoms placed early are preferred.
+    The angle partner is the earliest placed (heavy first) neighbour of ``bond``. If another
+    neighbour of ``bond`` (a *sibling*) is already placed, the dihedral is taken relative to it,
+    ``atom-bond-angle-sibling``: the rotation about the ``bond-angle`` axis between two
+    substituents of one centre, a stiff coordinate (±120° on a tetrahedral centre, 180° on a
+    planar one). Otherwise it is the bonded chain torsion ``atom-bond-angle-d``. So each rotatable
+    bond carries exactly one floppy torsion (that of the first substituent placed), and the other
+    substituents ride on it.
     """
 
     def rank(a: int) -> tuple[bool, int]:
         return (not heavy[a], placed[a])
 
     angles = sorted((a for a in neighbours[bond] if a in placed and a != atom), key=rank)
+    if len(angles) >= 2:
+        return angles[0], angles[1]
     for angle in angles:
         chain = [d for d in neighbours[angle] if d in placed and d not in (atom, bond)]
         if chain:
             return angle, min(chain, key=rank)
-    if len(angles) < 2:  # cannot happen when placing breadth-first from a bonded root chain
-        raise ValueError(f"cannot place atom {atom}: no bonded chain or improper around atom {bond}")
-    return angles[0], angles[1]  # improper: the dihedral partner is another neighbour of `bond`
+    raise ValueError(f"cannot place atom {atom}: no bonded chain or improper around atom {bond}")
+
+
+def _branch_size(neighbours: list[list[int]], start: int, parent: int) -> int:
+    """Atoms reachable from ``start`` without passing through ``parent`` (a ring reaches everything)."""
+    seen, stack = {start, parent}, [start]
+    while stack:
+        for nbr in neighbours[stack.pop()]:
+            if nbr not in seen:
+                seen.add(nbr)
+                stack.append(nbr)
+    return len(seen) - 1
 
 
 def _backbone_torsions(topology: md.Topology, zm: ZMatrix) -> dict[str, int]:
@@ -196,7 +215,9 @@ def zmatrix_from_topology(topology: md.Topology, root: tuple[int, int, int] | No
     queue = deque([r0, r1, r2])
     while queue:
         bond = queue.popleft()
-        for atom in sorted(neighbours[bond], key=lambda a: (not heavy[a], a)):
+        # heavy atoms first, the longest branch first: the chain continuation takes the floppy torsion
+        children = sorted(neighbours[bond], key=lambda a: (not heavy[a], -_branch_size(neighbours, a, bond), a))
+        for atom in children:
             if atom in placed:
                 continue
             angle, dihedral = _partners(atom, bond, neighbours, placed, heavy)

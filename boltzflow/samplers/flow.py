@@ -16,7 +16,9 @@ from tqdm.auto import tqdm
 
 from ..flows.distributions import FlowDistribution
 from ..flows.models import load_model
+from ..reference_data import shipped_model
 from ..samples import SampleSet
+from ..systems.registry import is_builtin
 from ..systems.system import System
 from .checkpoint import Checkpoint
 from .metadata import run_metadata
@@ -26,6 +28,43 @@ def _batch_generator(seed: int, batch: int, device: torch.device) -> torch.Gener
     """An independent random stream per batch, so a resumed run draws exactly the same samples."""
     state = np.random.SeedSequence([seed, batch]).generate_state(2, dtype=np.uint32)
     return torch.Generator(device=device).manual_seed(int(state[0]) << 32 | int(state[1]))
+
+
+def resolve_model(
+    system: System, model: str | Path | FlowDistribution | None
+) -> tuple[FlowDistribution, str]:
+    """The flow a flow-based sampler uses, and the name that identifies it in metadata and checkpoints.
+
+    Parameters
+    ----------
+    system : System
+        Target.
+    model : path, FlowDistribution or None
+        A model file written by :func:`~boltzflow.flows.models.save_model` (loaded for ``system``),
+        a flow object (used as is), or ``None`` for the model shipped with a built-in system
+        (``data/<system>/flow.pt``).
+
+    Returns
+    -------
+    flow : FlowDistribution
+    name : str
+        The model file's absolute path, or ``"in-memory flow"``.
+
+    Raises
+    ------
+    ValueError
+        If ``model`` is ``None`` and no trained flow is shipped for ``system``.
+    """
+    if model is None:
+        model = shipped_model(system.name) if is_builtin(system) else None
+    if model is None:
+        raise ValueError(
+            f"no trained flow is shipped for '{system.name}': pass model= (a saved model file or a "
+            "FlowDistribution), e.g. one written by `boltzflow train`"
+        )
+    if isinstance(model, FlowDistribution):
+        return model, "in-memory flow"
+    return load_model(model, system), str(Path(model).resolve())
 
 
 def sample_flow(
@@ -48,9 +87,10 @@ def sample_flow(
         Number of samples.
     seed : int
         Seed of the latent samples.
-    model : path or FlowDistribution
+    model : path or FlowDistribution, optional
         A model file written by :func:`~boltzflow.flows.models.save_model` (or ``boltzflow
-        train``), or a flow object.
+        train``), or a flow object. Default: the model shipped for a built-in system
+        (``data/<system>/flow.pt``).
     batch_size : int
         Samples drawn and evaluated per batch.
     progress : bool
@@ -67,12 +107,9 @@ def sample_flow(
         place with ``+inf`` energy and ``−inf`` log-weight; samples whose flow density is not
         finite get ``−inf`` log-weight too and are counted in ``metadata["n_invalid_log_q"]``.
     """
-    if model is None:
-        raise ValueError("the flow sampler needs model= (a saved model file or a FlowDistribution)")
+    flow, model_name = resolve_model(system, model)
     if n < 1 or batch_size < 1:
         raise ValueError("n and batch_size must be >= 1")
-    flow = model if isinstance(model, FlowDistribution) else load_model(model, system)
-    model_name = "in-memory flow" if isinstance(model, FlowDistribution) else str(Path(model).resolve())
     ckpt = Checkpoint(
         checkpoint,
         run={"system": system.name, "sampler": "flow", "n": n, "seed": seed, "batch_size": batch_size,

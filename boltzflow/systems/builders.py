@@ -114,7 +114,8 @@ def build_multi_double_well(folder: Path, definition: dict[str, Any], **options:
         kT=float(definition["temperature"]),
     )
     x0 = cluster_start(int(p["n_particles"]), int(p["n_dims"]), spacing=p["d0"])
-    return _finish(folder, definition, energy, x0, n_dims=int(p["n_dims"]))
+    return _finish(folder, definition, energy, x0, n_dims=int(p["n_dims"]),
+                   particles=(int(p["n_particles"]), int(p["n_dims"])))
 
 
 def build_lennard_jones(folder: Path, definition: dict[str, Any], **options: Any) -> System:
@@ -130,7 +131,7 @@ def build_lennard_jones(folder: Path, definition: dict[str, Any], **options: Any
     energy = LennardJonesEnergy(n, d, epsilon=p["epsilon"], rm=p["rm"], kT=kT)
     if p["restraint_k"] > 0:
         energy = energy + CenterOfMassRestraint(n, d, k=p["restraint_k"], kT=kT)
-    return _finish(folder, definition, energy, cluster_start(n, d, spacing=p["rm"]), n_dims=d)
+    return _finish(folder, definition, energy, cluster_start(n, d, spacing=p["rm"]), n_dims=d, particles=(n, d))
 
 
 def build_openmm(folder: Path, definition: dict[str, Any], **options: Any) -> System:

@@ -100,6 +100,23 @@ class RadiusOfGyration:
         return np.sqrt(((p - p.mean(axis=1, keepdims=True)) ** 2).sum(-1).mean(-1))
 
 
+@dataclass(frozen=True)
+class PairDistances:
+    """All ``n (n - 1) / 2`` interparticle distances, shape ``(N, n_pairs)`` (pairs ``i < j`` in order).
+
+    A multi-valued observable, not declared in ``system.toml`` (declared observables give one value
+    per configuration): for pooled marginals of identical particles, e.g.
+    ``free_energy_profile(samples, PairDistances(2), edges)``.
+    """
+
+    n_dims: int = 3
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        p = _points(x, self.n_dims)
+        i, j = np.triu_indices(p.shape[1], k=1)
+        return np.linalg.norm(p[:, i] - p[:, j], axis=-1)
+
+
 _KINDS: dict[str, Callable[..., Observable]] = {
     "coordinate": lambda v, n_dims: Coordinate(int(v)),
     "distance": lambda v, n_dims: Distance(int(v[0]), int(v[1]), n_dims),

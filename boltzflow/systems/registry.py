@@ -52,6 +52,11 @@ def builtin_systems_dir() -> Path:
     return installed if installed.is_dir() else package.parent / "systems"
 
 
+def is_builtin(system: System) -> bool:
+    """Whether ``system`` was loaded from a built-in system folder (so the project's data fit it)."""
+    return system.source is not None and Path(system.source).resolve().parent == builtin_systems_dir().resolve()
+
+
 def read_definition(folder: Path) -> dict[str, Any]:
     """Parse ``folder/system.toml`` with clear errors."""
     path = folder / DEFINITION_FILE

@@ -43,6 +43,10 @@ class System:
         One line for ``boltzflow systems``.
     source : Path or None
         The system folder it was loaded from.
+    particles : tuple of int or None
+        ``(n_particles, n_dims)`` for systems of point particles whose energy depends only on
+        relative positions (DW4, LJ clusters): translating every particle leaves it unchanged, so
+        the centre of mass is a free direction that a density model must leave out.
     """
 
     name: str
@@ -57,6 +61,7 @@ class System:
     states: dict[str, State] = field(default_factory=dict)
     description: str = ""
     source: Path | None = None
+    particles: tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
         if not self.temperature > 0:
