@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import inspect
 import json
 import sys
 from pathlib import Path
@@ -75,8 +76,8 @@ def _cmd_sample(args: argparse.Namespace) -> int:
         if not args.quiet:
             print(f"sampler: {sampler}" + (" (shipped trained model)" if sampler == "flow" and not args.model else ""))
     if args.model:
-        if sampler != "flow":
-            raise CLIError(f"--model is for the flow sampler, not '{sampler}'")
+        if "model" not in inspect.signature(SAMPLERS[sampler]).parameters:
+            raise CLIError(f"--model is for the flow-based samplers, not '{sampler}'")
         options["model"] = args.model
     checkpoint = out / "checkpoint.npz"
     try:
@@ -241,7 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="run folder for samples, trajectory, plot and checkpoint")
     p.add_argument("-o", "--option", action="append", default=[], metavar="KEY=VALUE",
                    help="sampler option, repeatable (e.g. -o thin=500 -o timestep_fs=1.0)")
-    p.add_argument("--model", help="trained flow model file (for --sampler flow)")
+    p.add_argument("--model", help="trained flow model file (flow, imh, isir, neutra; default: the shipped one)")
     p.add_argument("--platform", help="OpenMM platform: auto, Reference, CPU, CUDA, OpenCL")
     p.add_argument("--workers", type=int, help="OpenMM energy worker processes")
     p.add_argument("--temperature", type=float, help="override the system temperature (K or reduced)")

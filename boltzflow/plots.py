@@ -65,6 +65,8 @@ def plot_samples(samples: SampleSet, system: System | None, path: str | os.PathL
         values = samples.energies[keep] if name == "energy" else observables[name](x)
         periodic = isinstance(observables.get(name), Dihedral)
         span = (-np.pi, np.pi) if periodic else None
+        if name == "energy" and values.size:  # a few clashing proposals would squash the histogram
+            span = (float(values.min()), float(np.percentile(values, 99.5)))
         ax.hist(values, bins=60, weights=w, density=True, color="C0", alpha=0.8, range=span,
                 label="reweighted" if samples.is_weighted else None)
         if samples.is_weighted:

@@ -2,7 +2,7 @@
 
 Run: ``python examples/train_alanine_flow.py`` (resumable: rerun the same command after a kill).
 
-Stages (each checkpoints under ``runs/train_<system>/``):
+Stages (each checkpoints under ``runs/train_<system>/``; a finished stage is not redone):
 
 1. training data — ``data/make_training_data.py`` (plain MD + umbrella MD frames, ~7 min) if
    ``data/<system>/training`` is missing;
@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SETTINGS = {
     "layers": 8, "hidden": (256, 256), "bins": 8, "batch": 256,
     "ml_iterations": 5000, "ml_lr": 1e-3, "ml_lr_final": 3e-5, "holdout": 0.1,
-    "kl_iterations": 1000, "kl_lr": 1e-4, "kl_lr_final": 1e-5, "kl_w_ml": 1.0,
+    "kl_iterations": 3000, "kl_lr": 1e-4, "kl_lr_final": 1e-5, "kl_w_ml": 1.0,
 }
 
 
@@ -58,34 +57,31 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     data, held_out = split_holdout(training_data(args.system), SETTINGS["holdout"])
     s = SETTINGS
-    start = time.time()
 
-    ml_model = work / "ml.pt"
-    if ml_model.exists():
-        flow = load_model(ml_model, system)
-    else:
-        torch.manual_seed(0)
-        flow = build_flow(system, n_layers=s["layers"], hidden=s["hidden"], num_bins=s["bins"], data=data).float()
-        train(system, flow, data, n_iterations=s["ml_iterations"], batch_size=s["batch"], lr=s["ml_lr"],
-              lr_final=s["ml_lr_final"], data_weighting="uniform", seed=0, ess_every=250, validation=held_out,
-              validate_every=250, checkpoint=work / "ml_checkpoint.pt")
-        save_model(flow, ml_model)
-    flow.float()
-    train(system, flow, data, n_iterations=s["kl_iterations"], batch_size=s["batch"], lr=s["kl_lr"],
-          lr_final=s["kl_lr_final"], w_ml=s["kl_w_ml"], w_kl=1.0, data_weighting="uniform", seed=1,
-          checkpoint=work / "kl_checkpoint.pt")
-    train_seconds = time.time() - start
+    torch.manual_seed(0)
+    flow = build_flow(system, n_layers=s["layers"], hidden=s["hidden"], num_bins=s["bins"], data=data).float()
+    ml = train(system, flow, data, n_iterations=s["ml_iterations"], batch_size=s["batch"], lr=s["ml_lr"],
+               lr_final=s["ml_lr_final"], data_weighting="uniform", seed=0, ess_every=250, validation=held_out,
+               validate_every=250, checkpoint=work / "ml_checkpoint.pt")
+    kl = train(system, flow, data, n_iterations=s["kl_iterations"], batch_size=s["batch"], lr=s["kl_lr"],
+               lr_final=s["kl_lr_final"], w_ml=s["kl_w_ml"], w_kl=1.0, data_weighting="uniform", seed=1,
+               checkpoint=work / "kl_checkpoint.pt")
+    train_seconds = ml.seconds + kl.seconds
 
-    samples = bf.sample(system, sampler="flow", model=flow.double(), n=args.check_n, seed=2024, progress=False)
+    metadata = {
+        "system": args.system, "script": "examples/train_alanine_flow.py",
+        **{k: list(v) if isinstance(v, tuple) else v for k, v in s.items()},
+        "n_training_frames": len(data), "train_seconds": round(train_seconds, 1),
+        "ml_best_iteration": ml.best_iteration, "kl_final_batch_ess": kl.relative_ess[-1],
+    }
+    path = save_model(flow, ROOT / "data" / args.system / MODEL_FILE, metadata)
+    # the check uses the model as shipped (parameters stored in half precision)
+    samples = bf.sample(system, sampler="flow", model=path, n=args.check_n, seed=2024, progress=False)
     delta_f = bf.estimate.free_energy_difference(samples, system.states["A"], system.states["B"])
     relative_ess = bf.estimate.relative_ess(samples)
-    path = save_model(flow, ROOT / "data" / args.system / MODEL_FILE, {
-        "system": args.system, "script": "examples/train_alanine_flow.py", **{k: list(v) if isinstance(v, tuple)
-                                                                               else v for k, v in s.items()},
-        "n_training_frames": len(data), "train_seconds": round(train_seconds, 1),
-        "check": {"n": args.check_n, "relative_ess": relative_ess, "delta_f": delta_f.value,
-                  "delta_f_error": delta_f.error},
-    })
+    metadata["check"] = {"n": args.check_n, "relative_ess": relative_ess, "delta_f": delta_f.value,
+                         "delta_f_error": delta_f.error}
+    save_model(load_model(path, system), path, metadata)
     reference = reference_estimates(args.system)["umbrella"]["delta_f"]
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB, training {train_seconds / 60:.0f} min)")
     print(f"relative ESS {relative_ess:.3f} ({np.count_nonzero(~np.isfinite(samples.log_weights))} zero-weight "

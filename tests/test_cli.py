@@ -107,6 +107,6 @@ def test_default_sampler_uses_the_shipped_flow_and_estimate_compares_with_the_re
     # --model is only for the flow sampler; a system without shipped model falls back to MD
     assert main(["sample", "double_well_2d", "--sampler", "mala", "--model", "x.pt", "--out", str(tmp_path / "m"),
                  "--quiet"]) == 2
-    assert "--model is for the flow sampler" in capsys.readouterr().err
+    assert "--model is for the flow-based samplers" in capsys.readouterr().err
     assert main(["sample", "lj13", "--n", "20", "--out", str(tmp_path / "lj"), "--no-plot", "-o", "warmup=10"]) == 0
     assert "sampler: md" in capsys.readouterr().out

@@ -276,3 +276,24 @@ def test_particle_flows_leave_out_the_free_centre_of_mass(tmp_path):
     assert torch.allclose(flow.log_prob(shifted), log_q, atol=1e-8)
     path = save_model(flow, tmp_path / "dw4.pt")
     assert torch.allclose(load_model(path, system).log_prob(samples), log_q, atol=1e-10)
+
+
+def test_symmetry_augmentation_keeps_energies_and_spreads_orientations():
+    from boltzflow.flows import augment_particle_symmetries
+    from boltzflow.flows.augmentation import random_rotations
+
+    rotations = random_rotations(500, 3, np.random.default_rng(0))
+    assert np.allclose(np.linalg.det(rotations), 1.0)
+    assert np.allclose(np.einsum("bij,bkj->bik", rotations, rotations), np.eye(3), atol=1e-12)
+    system = bf.load_system("dw4")
+    data = bf.SampleSet.load(DATA / "dw4")[:500]
+    augmented = augment_particle_symmetries(data, 4, 2, seed=1)
+    u = system.energy.evaluate(augmented.x, need_gradient=False).energy
+    assert np.allclose(u, system.energy.evaluate(data.x, need_gradient=False).energy, atol=1e-9)
+    p, q = data.x.reshape(-1, 4, 2), augmented.x.reshape(-1, 4, 2)
+    assert np.allclose(p.mean(1), q.mean(1))  # rotated about the centre
+    # the orientation of particle 0 relative to the centre becomes uniform on the circle
+    angle = np.arctan2(*(q[:, 0] - q.mean(1)).T[::-1])
+    assert abs(np.mean(np.cos(angle))) < 0.15 and abs(np.mean(np.sin(angle))) < 0.15
+    with pytest.raises(ValueError, match="particles"):
+        augment_particle_symmetries(data, 3, 2)

@@ -1,5 +1,6 @@
 """Flows: bijections with log-determinants, coupling layers, base and flow distributions (issue 3)."""
 
+from .augmentation import augment_particle_symmetries
 from .base import Bijection, Compose, Inverse
 from .coupling import AffineCoupling, SplineCoupling, alternating_masks
 from .distributions import BaseDistribution, FlowDistribution
@@ -24,6 +25,7 @@ __all__ = [
     "TrainingHistory",
     "ZMatrix",
     "alternating_masks",
+    "augment_particle_symmetries",
     "build_flow",
     "load_model",
     "rq_spline",

@@ -57,6 +57,8 @@ class TrainingHistory:
         Iterations at which the held-out negative log-likelihood was measured, and its values.
     best_iteration : int or None
         Iteration count of the parameters kept (lowest held-out NLL), when validating.
+    seconds : float
+        Wall-clock time spent in training steps, summed over resumed sessions.
     """
 
     loss: list[float] = field(default_factory=list)
@@ -68,6 +70,7 @@ class TrainingHistory:
     validation_iteration: list[int] = field(default_factory=list)
     validation_ml: list[float] = field(default_factory=list)
     best_iteration: int | None = None
+    seconds: float = 0.0
 
 
 def cut_energy(u: torch.Tensor, u_high: float = 1e3, u_max: float = 1e9) -> torch.Tensor:
@@ -359,6 +362,7 @@ def train(
     bar = tqdm(total=n_iterations, initial=start, desc=f"train {system.name}", disable=not progress, unit="it")
     flow.train()
     for iteration in range(start, n_iterations):
+        step_start = time.monotonic()
         optimizer.zero_grad(set_to_none=True)
         ml = kl = torch.tensor(math.nan)
         loss = torch.zeros((), dtype=torch.float64, device=device)
@@ -391,6 +395,7 @@ def train(
         history.ml.append(float(ml.detach()))
         history.kl.append(float(kl.detach()))
         history.relative_ess.append(ess)
+        history.seconds += time.monotonic() - step_start
         bar.update(1)
         if iteration % 10 == 0 or iteration == n_iterations - 1:
             bar.set_postfix(loss=f"{float(loss.detach()):.3f}", ess=f"{ess:.2f}")

@@ -12,7 +12,10 @@ from typing import Any, Callable
 from ..samples import SampleSet
 from ..systems.system import System
 from .flow import sample_flow
+from .flow_mcmc import sample_imh, sample_isir
+from .hmc import sample_hmc
 from .mala import sample_mala
+from .neutra import sample_neutra
 from .openmm_md import sample_openmm_md
 from .umbrella import sample_umbrella_md
 
@@ -32,6 +35,10 @@ SAMPLERS: dict[str, Callable[..., SampleSet]] = {
     "mala": sample_mala,
     "umbrella": sample_umbrella_md,
     "flow": sample_flow,
+    "imh": sample_imh,
+    "isir": sample_isir,
+    "hmc": sample_hmc,
+    "neutra": sample_neutra,
 }
 
 
