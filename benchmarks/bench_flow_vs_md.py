@@ -1,15 +1,17 @@
 """Effective samples per second: the shipped flow (with reweighting) against plain MD, same observables.
 
-For each observable ``f`` the effective sample size is the one the estimation layer attaches to
-``<f>`` (:func:`boltzflow.estimate.expectation`): Kish ESS for the independent, importance-weighted
-flow samples; number of frames over the statistical inefficiency ``g = 1 + 2τ`` (integrated
-autocorrelation time, pymbar) for the MD trajectory. Wall times include everything a user waits
+For each observable ``f`` the effective sample size is ``Var(f) / σ²``, with σ the standard error
+the estimation layer attaches to ``<f>`` (:func:`boltzflow.estimate.expectation`): bootstrap for
+the independent, importance-weighted flow samples; the statistical inefficiency ``g = 1 + 2τ``
+(integrated autocorrelation time, pymbar) for the MD trajectory. It is the number of independent
+exact samples that would give the same error, so it compares the two fairly per observable. For
+a state indicator that MD entered fewer than 10 times no number is given: its autocorrelation time
+(the return time) cannot be measured from the run, and pymbar's estimate would be meaningless. Wall times include everything a user waits
 for: drawing flow samples *and* evaluating their energies (OpenMM), or integrating MD.
 
 The MD baseline is LangevinMiddle at 1 fs, 1/ps friction, frames every ``--frame-ps`` (the
 shipped MD settings; OpenMM Reference platform, the fastest for 22 atoms here). The flow's
-one-off training cost is printed separately (from the model's metadata), with the break-even
-number of effective samples.
+one-off training cost is printed separately (from the model's metadata).
 
 Usage, from the repository root::
 
@@ -22,6 +24,7 @@ import argparse
 import time
 import warnings
 
+import numpy as np
 import torch
 
 import boltzflow as bf
@@ -41,12 +44,37 @@ def observables(system: bf.System) -> dict[str, object]:
 
 
 def effective_samples(samples: bf.SampleSet, table: dict[str, object]) -> dict[str, float]:
+    """Per observable, ``Var(f) / error(<f>)²``: how many independent exact samples the estimate is worth.
+
+    ``Var(f)`` is the (weighted) variance over the run; ``nan`` when ``f`` never varied (e.g. a state
+    never visited), since then the run cannot say anything about it.
+    """
     out = {}
+    weights = np.exp(samples.log_weights - samples.log_weights.max())
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", LowESSWarning)
         for name, f in table.items():
-            out[name] = expectation(samples, samples.energies if f is None else f).ess
+            values = samples.energies if f is None else np.asarray(f(samples.x), dtype=float)
+            ok = weights > 0
+            mean = np.average(values[ok], weights=weights[ok])
+            variance = np.average((values[ok] - mean) ** 2, weights=weights[ok])
+            error = expectation(samples, values).error
+            out[name] = variance / error**2 if variance > 0 and error > 0 else float("nan")
+            if name.startswith("1[") and samples.correlated and _entries(values, samples.chain) < MIN_ENTRIES:
+                out[name] = float("nan")  # an autocorrelation time cannot be measured from a handful of visits
     return out
+
+
+MIN_ENTRIES = 10
+
+
+def _entries(indicator: np.ndarray, chain: np.ndarray) -> int:
+    """How many times the chains entered the state (0 → 1 steps, plus chains starting inside)."""
+    count = 0
+    for c in np.unique(chain):
+        series = indicator[chain == c] > 0.5
+        count += int(series[0]) + int(np.count_nonzero(series[1:] & ~series[:-1]))
+    return count
 
 
 def main() -> None:
@@ -81,13 +109,17 @@ def main() -> None:
     print("-" * len(header))
     for name in table:
         rate_flow, rate_md = ess_flow[name] / flow_wall, ess_md[name] / md_wall
-        ratio = rate_flow / rate_md if rate_md > 0 else float("inf")
-        print(f"{name:<10} {ess_flow[name]:9.0f} {ess_md[name]:9.1f} {rate_flow:11.1f} {rate_md:10.2f} {ratio:8.1f}")
+        if np.isfinite(rate_md):
+            print(f"{name:<10} {ess_flow[name]:9.0f} {ess_md[name]:9.1f} {rate_flow:11.1f} {rate_md:10.2f} "
+                  f"{rate_flow / rate_md:8.1f}")
+        else:
+            print(f"{name:<10} {ess_flow[name]:9.0f} {'—':>9} {rate_flow:11.1f} {'—':>10}   MD: fewer than "
+                  f"{MIN_ENTRIES} visits, no error estimate")
     metadata = load_model(model, system).metadata
     train_seconds = metadata.get("train_seconds")
     if train_seconds:
-        print(f"\none-off training cost of the shipped model: {train_seconds / 60:.0f} min on 2 cores "
-              f"(plus {metadata.get('data_seconds', 0) / 60:.0f} min of MD training data)")
+        print(f"\none-off cost of the shipped model: training {train_seconds / 60:.0f} min on 2 cores, plus "
+              f"{metadata.get('data_seconds', 0) / 60:.0f} min of MD for its training data")
 
 
 if __name__ == "__main__":

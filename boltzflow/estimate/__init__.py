@@ -7,6 +7,7 @@ sample size, reliability flag); estimates from fewer than ``min_ess`` effective 
 :class:`LowESSWarning` and are flagged unreliable.
 """
 
+from .diagnostics import integrated_autocorrelation_time, r_hat
 from .free_energy import bar, exp_average, free_energy_difference, free_energy_difference_between_states
 from .importance import expectation, log_partition_function
 from .profile import FreeEnergyProfile, free_energy_profile
@@ -29,8 +30,10 @@ __all__ = [
     "free_energy_difference",
     "free_energy_difference_between_states",
     "free_energy_profile",
+    "integrated_autocorrelation_time",
     "log_partition_function",
     "normalized_log_weights",
+    "r_hat",
     "relative_ess",
     "statistical_inefficiency",
     "summarize",

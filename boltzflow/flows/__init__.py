@@ -7,12 +7,14 @@ from .distributions import BaseDistribution, FlowDistribution
 from .internal_coordinates import InternalCoordinates
 from .models import ModelFileError, build_flow, load_model, save_model
 from .nets import MLP
+from .snf import SNF, LangevinBlock, MetropolisBlock, SNFTrainingHistory, train_snf
 from .splines import rq_spline
 from .training import TrainingHistory, split_holdout, train
 from .zmatrix import ZMatrix, zmatrix_from_topology
 
 __all__ = [
     "MLP",
+    "SNF",
     "AffineCoupling",
     "BaseDistribution",
     "Bijection",
@@ -20,7 +22,10 @@ __all__ = [
     "FlowDistribution",
     "InternalCoordinates",
     "Inverse",
+    "LangevinBlock",
+    "MetropolisBlock",
     "ModelFileError",
+    "SNFTrainingHistory",
     "SplineCoupling",
     "TrainingHistory",
     "ZMatrix",
@@ -32,5 +37,6 @@ __all__ = [
     "save_model",
     "split_holdout",
     "train",
+    "train_snf",
     "zmatrix_from_topology",
 ]

@@ -11,12 +11,14 @@ from typing import Any, Callable
 
 from ..samples import SampleSet
 from ..systems.system import System
+from .adaptive import sample_adaptive
 from .flow import sample_flow
 from .flow_mcmc import sample_imh, sample_isir
 from .hmc import sample_hmc
 from .mala import sample_mala
 from .neutra import sample_neutra
 from .openmm_md import sample_openmm_md
+from .snf import sample_snf
 from .umbrella import sample_umbrella_md
 
 
@@ -39,6 +41,8 @@ SAMPLERS: dict[str, Callable[..., SampleSet]] = {
     "isir": sample_isir,
     "hmc": sample_hmc,
     "neutra": sample_neutra,
+    "adaptive": sample_adaptive,
+    "snf": sample_snf,
 }
 
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -90,6 +90,65 @@ class _FlowEvaluator:
         with torch.no_grad():
             log_q = self.flow.log_prob(torch.as_tensor(x, dtype=self.dtype, device=self.device))
         return log_q.cpu().to(torch.float64).numpy()
+
+
+class GlobalMove(NamedTuple):
+    """Result of one batched global (IMH or i-SIR) move; see :func:`global_move`."""
+
+    x: np.ndarray
+    u: np.ndarray
+    g: np.ndarray | None
+    log_w: np.ndarray
+    taken: np.ndarray
+    n_nonfinite: int
+    n_energy_evaluations: int
+
+
+def global_move(
+    system: System,
+    q: _FlowEvaluator,
+    name: str,
+    n_draws: int,
+    x: np.ndarray,
+    u: np.ndarray,
+    g: np.ndarray | None,
+    log_w: np.ndarray,
+    step: int,
+    need_gradient: bool,
+    rng: np.random.Generator,
+) -> GlobalMove:
+    """One IMH (``name == "imh"``, ``n_draws == 1``) or i-SIR move of every chain.
+
+    Fresh flow draws (stream ``step``) are scored against the cached current weights ``log_w``.
+    With ``need_gradient`` the returned gradients ``g`` are those of the new states (``g`` is
+    updated in place for i-SIR). ``n_energy_evaluations`` counts the rows sent to the energy.
+    """
+    n_chains = x.shape[0]
+    y, log_q_y = q.sample(n_chains * n_draws, step)
+    # IMH needs the gradient of its one proposal if accepted; i-SIR only that of the pick (below)
+    proposal = system.energy.evaluate(y, need_gradient=need_gradient and name == "imh")
+    n_evaluations = y.shape[0]
+    log_w_y = _log_weights(proposal.energy, log_q_y)
+    n_nonfinite = int(np.count_nonzero(~np.isfinite(log_w_y)))
+    if name == "imh":
+        with np.errstate(invalid="ignore"):
+            log_alpha = log_w_y - log_w  # -inf for failed proposals and unscored states
+        log_alpha = np.where(np.isnan(log_alpha), -np.inf, log_alpha)
+        take = np.log(rng.uniform(size=n_chains)) < log_alpha
+        pick = np.arange(n_chains)
+    else:
+        choice = _select(np.concatenate([log_w[:, None], log_w_y.reshape(n_chains, n_draws)], axis=1), rng)
+        take = choice > 0
+        pick = np.arange(n_chains) * n_draws + np.maximum(choice - 1, 0)
+    x = np.where(take[:, None], y[pick], x)
+    u = np.where(take, proposal.energy[pick], u)
+    log_w = np.where(take, log_w_y[pick], log_w)
+    if need_gradient and name == "imh":
+        g = np.where(take[:, None], proposal.gradient[pick], g)
+    elif need_gradient and take.any():
+        g[take] = system.energy.evaluate(x[take]).gradient
+        n_evaluations += int(take.sum())
+    return GlobalMove(x, u, g, log_w, take, n_nonfinite, n_evaluations)
 
 
 def _run(
@@ -163,28 +222,9 @@ def _run(
     while step < total:
         warm = step < warmup
         # ---- global move: fresh flow draws scored against the cached current weight
-        y, log_q_y = q.sample(n_chains * n_draws, step)
-        # IMH needs the gradient of its one proposal if accepted; i-SIR only that of the pick (below)
-        proposal = system.energy.evaluate(y, need_gradient=need_gradient and name == "imh")
-        log_w_y = _log_weights(proposal.energy, log_q_y)
-        counts["nonfinite"] += int(np.count_nonzero(~np.isfinite(log_w_y)))
-        if name == "imh":
-            with np.errstate(invalid="ignore"):
-                log_alpha = log_w_y - log_w  # -inf for failed proposals and unscored states
-            log_alpha = np.where(np.isnan(log_alpha), -np.inf, log_alpha)
-            take = np.log(rng.uniform(size=n_chains)) < log_alpha
-            pick = np.arange(n_chains)
-        else:
-            choice = _select(np.concatenate([log_w[:, None], log_w_y.reshape(n_chains, n_draws)], axis=1), rng)
-            take = choice > 0
-            pick = np.arange(n_chains) * n_draws + np.maximum(choice - 1, 0)
-        x = np.where(take[:, None], y[pick], x)
-        u = np.where(take, proposal.energy[pick], u)
-        log_w = np.where(take, log_w_y[pick], log_w)
-        if need_gradient and name == "imh":
-            g = np.where(take[:, None], proposal.gradient[pick], g)
-        elif need_gradient and take.any():
-            g[take] = system.energy.evaluate(x[take]).gradient
+        move = global_move(system, q, name, n_draws, x, u, g, log_w, step, need_gradient, rng)
+        x, u, g, log_w, take = move.x, move.u, move.g, move.log_w, move.taken
+        counts["nonfinite"] += move.n_nonfinite
         counts["global_warmup" if warm else "global"] += int(take.sum())
         # ---- local moves on the target, then the current weight again
         for _ in range(local_steps):

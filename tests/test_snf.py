@@ -1,0 +1,195 @@
+"""Stochastic normalizing flows: exact ΔS of the blocks, unbiased path weights, training, failures."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+import boltzflow as bf
+from boltzflow.flows import BaseDistribution, SplineCoupling, alternating_masks
+from boltzflow.flows.snf import SNF, InterpolatedEnergy, LangevinBlock, MetropolisBlock, train_snf
+from boltzflow.samplers import SAMPLERS
+
+torch.set_num_threads(1)
+
+EXACT_LOG_Z = 10.293479707073868  # data/reference.json, double_well_2d "exact"
+EXACT_DF_B_MINUS_A = -1.6906307848638482
+EXACT_P_B = 0.8443070962111392
+
+
+def dw_torch(x: torch.Tensor) -> torch.Tensor:
+    """The double_well_2d energy in plain torch (twice differentiable), an independent check."""
+    return -0.5 * x[:, 0] - 6.0 * x[:, 0] ** 2 + x[:, 0] ** 4 + 0.5 * x[:, 1] ** 2
+
+
+def u_lam_direct(x: torch.Tensor, lam: float) -> torch.Tensor:
+    return (1.0 - lam) * 0.5 * (x**2).sum(1) + lam * dw_torch(x)
+
+
+def grad_direct(x: torch.Tensor, lam: float) -> torch.Tensor:
+    x = x.detach().requires_grad_(True)
+    (g,) = torch.autograd.grad(u_lam_direct(x, lam).sum(), x)
+    return g
+
+
+@pytest.fixture(scope="module")
+def double_well():
+    return bf.load_system("double_well_2d")
+
+
+def annealing_snf(target, n_lambda: int = 10, step_size: float = 0.01, proposal_scale: float = 0.3) -> SNF:
+    """Identity flow + Langevin and Metropolis blocks on λ = 1/n, ..., 1 (an SNF without flow layers)."""
+    layers = []
+    for lam in np.linspace(0.0, 1.0, n_lambda + 1)[1:]:
+        layers += [LangevinBlock(lam, step_size, n_steps=2), MetropolisBlock(lam, proposal_scale, n_steps=2)]
+    return SNF(BaseDistribution(2), layers, target).double()
+
+
+# ---------------------------------------------------------------- (a) Langevin ΔS
+@pytest.mark.parametrize("target_kind", ["torch", "energy"])
+def test_langevin_delta_s_is_log_ratio_of_gaussian_transition_densities(double_well, target_kind):
+    target = dw_torch if target_kind == "torch" else double_well.energy
+    energy = InterpolatedEnergy(target)
+    gen = torch.Generator().manual_seed(1)
+    eps = 0.02
+    for lam in torch.rand(4, generator=gen, dtype=torch.float64).tolist() + [0.0, 1.0]:
+        x = 2.0 * torch.randn(64, 2, generator=gen, dtype=torch.float64)
+        y, delta_s = LangevinBlock(lam, step_size=eps, n_steps=1)(x, energy, gen)
+        sd = math.sqrt(2 * eps)
+        log_fwd = torch.distributions.Normal(x - eps * grad_direct(x, lam), sd).log_prob(y).sum(1)
+        log_bwd = torch.distributions.Normal(y - eps * grad_direct(y, lam), sd).log_prob(x).sum(1)
+        torch.testing.assert_close(delta_s, log_bwd - log_fwd, rtol=1e-9, atol=1e-9)
+        assert delta_s.abs().max() > 1e-3  # not trivially zero
+
+
+def test_langevin_steps_accumulate_delta_s():
+    energy = InterpolatedEnergy(dw_torch)
+    x = torch.randn(32, 2, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    y3, s3 = LangevinBlock(0.7, 0.01, n_steps=3)(x, energy, torch.Generator().manual_seed(3))
+    gen = torch.Generator().manual_seed(3)
+    y, s = x, torch.zeros(32, dtype=torch.float64)
+    for _ in range(3):
+        y, ds = LangevinBlock(0.7, 0.01, n_steps=1)(y, energy, gen)
+        s = s + ds
+    torch.testing.assert_close(y3, y)
+    torch.testing.assert_close(s3, s)
+
+
+# ---------------------------------------------------------------- (b) Metropolis ΔS
+def test_metropolis_delta_s_is_energy_difference_when_accepted_zero_when_rejected(double_well):
+    energy = InterpolatedEnergy(double_well.energy)
+    gen = torch.Generator().manual_seed(4)
+    for lam in [0.0, 0.35, 0.8, 1.0]:
+        x = torch.randn(400, 2, generator=gen, dtype=torch.float64) + torch.tensor([1.5, 0.0], dtype=torch.float64)
+        block = MetropolisBlock(lam, proposal_scale=0.5, n_steps=1)
+        y, delta_s = block(x, energy, gen)
+        accepted = (y != x).any(dim=1)
+        assert 0 < int(accepted.sum()) < len(x)  # both cases occur
+        du = u_lam_direct(y, lam) - u_lam_direct(x, lam)
+        expected = torch.where(accepted, du, torch.zeros_like(du))
+        torch.testing.assert_close(delta_s, expected, rtol=1e-9, atol=1e-9)
+        # Metropolis rule: a move downhill in u_λ is never rejected ...
+        assert bool((du[accepted] < 0).any())
+        assert block.last_acceptance == pytest.approx(float(accepted.double().mean()))
+
+
+# ---------------------------------------------------------------- (c) unbiased log Z and ΔF
+def test_stochastic_blocks_only_give_unbiased_log_z_and_delta_f(double_well):
+    snf = annealing_snf(double_well.energy)
+    s = bf.sample(double_well, sampler="snf", n=3000, seed=1, model=snf, progress=False)
+    assert s.metadata["sampler"] == "snf" and s.metadata["normalized_proposal"] and not s.metadata["correlated"]
+    assert len(s.metadata["mc_acceptance"]) == 10 and all(0.3 < a < 1 for a in s.metadata["mc_acceptance"])
+    log_z = bf.estimate.log_partition_function(s)
+    df = bf.estimate.free_energy_difference(s, lambda x: x[:, 0] < 0, lambda x: x[:, 0] > 0)
+    assert log_z.reliable and df.reliable
+    assert abs(log_z.value - EXACT_LOG_Z) < 4 * log_z.error
+    assert abs(df.value - EXACT_DF_B_MINUS_A) < 4 * df.error
+    assert log_z.error < 0.1 and df.error < 0.15  # the check has teeth
+
+    # The same paths without their ΔS terms (or with them mis-signed) are visibly biased.
+    with torch.no_grad():
+        out = snf(3000, torch.Generator().manual_seed(5))
+    log_w, delta_s = out.log_weights.numpy(), out.delta_s.numpy()
+    for wrong in (log_w - delta_s, log_w - 2 * delta_s):
+        bad = bf.SampleSet(x=out.x.numpy(), energies=out.u_target.numpy(), log_weights=wrong,
+                           metadata={"normalized_proposal": True})
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            est = bf.estimate.log_partition_function(bad)
+        assert abs(est.value - EXACT_LOG_Z) > max(4 * est.error, 1.0)
+
+
+def test_gaussian_target_log_z():
+    mean, sd = torch.tensor([1.0, -0.5], dtype=torch.float64), torch.tensor([0.5, 2.0], dtype=torch.float64)
+    system = bf.System.from_energy(lambda x: 0.5 * (((x - mean) / sd) ** 2).sum(-1), dim=2, name="gauss")
+    exact = math.log(2 * math.pi * 0.5 * 2.0)
+    s = bf.sample(system, sampler="snf", n=2000, seed=2, model=annealing_snf(system.energy, 10, 0.1, 0.5), progress=False)
+    log_z = bf.estimate.log_partition_function(s)
+    assert abs(log_z.value - exact) < 4 * log_z.error and log_z.error < 0.1
+    mean_x = [bf.estimate.expectation(s, lambda x, i=i: x[:, i]) for i in range(2)]
+    for est, m in zip(mean_x, mean.tolist()):
+        assert abs(est.value - m) < 4 * est.error
+
+
+# ---------------------------------------------------------------- (d) end-to-end training
+def test_training_reduces_reverse_kl_and_increases_ess(double_well):
+    torch.manual_seed(0)
+    masks = alternating_masks(2, 4)
+    coupling = [SplineCoupling(m, hidden=(32, 32), num_bins=8, tail_bound=4.0) for m in masks]
+    layers = [coupling[0], coupling[1], LangevinBlock(0.5, 0.01, 2), coupling[2], coupling[3], LangevinBlock(1.0, 0.01, 2)]
+    snf = SNF(BaseDistribution(2), layers, double_well.energy).double()
+
+    def evaluate(seed: int):
+        s = bf.sample(double_well, sampler="snf", n=4000, seed=seed, model=snf, progress=False)
+        return s, bf.estimate.relative_ess(s)
+
+    _, ess_before = evaluate(100)
+    history = train_snf(snf, n_iterations=100, batch_size=128, lr=5e-3, seed=1)
+    assert np.mean(history.loss[-20:]) < np.mean(history.loss[:20]) - 1.0
+    assert np.mean(history.relative_ess[-20:]) > np.mean(history.relative_ess[:20])
+    s, ess_after = evaluate(101)
+    assert ess_after > max(2 * ess_before, 0.3)
+    p_b = bf.estimate.expectation(s, lambda x: (x[:, 0] > 0).astype(float))
+    assert abs(p_b.value - EXACT_P_B) < 4 * p_b.error and p_b.error < 0.02
+    log_z = bf.estimate.log_partition_function(s)
+    assert abs(log_z.value - EXACT_LOG_Z) < 4 * log_z.error
+
+
+# ---------------------------------------------------------------- (e) failures
+def test_nan_energy_region_gets_zero_weight_and_is_counted():
+    def fn(x: torch.Tensor) -> torch.Tensor:
+        u = dw_torch(x)
+        return torch.where(x[:, 0] > 1.5, torch.full_like(u, math.nan), u)
+
+    system = bf.System.from_energy(fn, dim=2, name="dw_nan")
+    snf = annealing_snf(system.energy, 5)
+    s = bf.sample(system, sampler="snf", n=1000, seed=3, model=snf, progress=False, batch_size=500)
+    in_nan = s.x[:, 0] > 1.5
+    assert in_nan.any() and s.n_failed == int(in_nan.sum())
+    assert np.all(np.isinf(s.energies[in_nan])) and np.all(s.log_weights[in_nan] == -np.inf)
+    # Paths that left the failed region by a Metropolis move have ΔS = −inf (the reverse move is
+    # impossible): zero weight, counted separately; every other path keeps a finite weight.
+    zero_elsewhere = ~in_nan & ~np.isfinite(s.log_weights)
+    n_invalid = s.metadata["n_invalid_path"]
+    assert 0 < int(zero_elsewhere.sum()) <= n_invalid <= int(zero_elsewhere.sum() + in_nan.sum())
+    assert np.isfinite(s.log_weights).sum() > 500
+    assert math.isfinite(bf.estimate.log_partition_function(s).value)
+    # training with failures drops them, counts them, and does not crash
+    layers = [SplineCoupling(m, hidden=(8,), num_bins=4) for m in alternating_masks(2, 2)] + list(snf.layers)
+    history = train_snf(SNF(BaseDistribution(2), layers, system.energy).double(), n_iterations=2, batch_size=256)
+    assert all(math.isfinite(v) for v in history.loss) and sum(history.n_dropped) > 0
+
+
+def test_sampler_registry_and_errors(double_well):
+    assert "snf" in SAMPLERS
+    with pytest.raises(ValueError, match="needs model="):
+        bf.sample(double_well, sampler="snf", n=10, progress=False)
+    with pytest.raises(TypeError):
+        bf.sample(double_well, sampler="snf", n=10, model="flow.pt", progress=False)
+    with pytest.raises(ValueError, match="dimension"):
+        bf.sample(double_well, sampler="snf", n=10, model=SNF(BaseDistribution(3), [], double_well.energy).double(),
+                  progress=False)
