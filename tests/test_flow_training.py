@@ -135,11 +135,20 @@ def test_save_load_round_trip_and_corrupted_file(tmp_path):
     torch.manual_seed(0)
     flow = build_flow(system, n_layers=2, hidden=(16,), data=stored)
     train(system, flow, stored, n_iterations=5, batch_size=64, progress=False)
-    path = save_model(flow, tmp_path / "model.pt", {"note": "test"})
-    loaded = load_model(path, system)
+    exact = save_model(flow, tmp_path / "exact.pt", {"note": "test"}, parameter_dtype=torch.float64)
+    loaded = load_model(exact, system)
     x = torch.as_tensor(stored.x[:100])
     assert torch.equal(flow.log_prob(x), loaded.log_prob(x))
     assert loaded.metadata == {"note": "test"}
+    # default: parameters rounded to half precision — a slightly different flow, but a consistent one
+    path = save_model(flow, tmp_path / "model.pt", {"note": "test"})
+    compact = load_model(path, system)
+    assert path.stat().st_size < exact.stat().st_size
+    assert not torch.equal(flow.log_prob(x), compact.log_prob(x))
+    assert torch.allclose(flow.log_prob(x), compact.log_prob(x), atol=0.05)
+    with torch.no_grad():
+        xs, log_q = compact.sample(200, torch.Generator().manual_seed(1))
+        assert torch.allclose(compact.log_prob(xs), log_q, atol=1e-8)  # exact density of what it samples
     corrupted = tmp_path / "corrupted.pt"
     corrupted.write_bytes(path.read_bytes()[:200])
     with pytest.raises(ModelFileError, match="corrupted"):
