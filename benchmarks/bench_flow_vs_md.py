@@ -6,7 +6,8 @@ the independent, importance-weighted flow samples; the statistical inefficiency 
 (integrated autocorrelation time, pymbar) for the MD trajectory. It is the number of independent
 exact samples that would give the same error, so it compares the two fairly per observable. For
 a state indicator that MD entered fewer than 10 times no number is given: its autocorrelation time
-(the return time) cannot be measured from the run, and pymbar's estimate would be meaningless. Wall times include everything a user waits
+(the return time) cannot be measured from the run, and pymbar's estimate would be meaningless.
+Wall times include everything a user waits
 for: drawing flow samples *and* evaluating their energies (OpenMM), or integrating MD.
 
 The MD baseline is LangevinMiddle at 1 fs, 1/ps friction, frames every ``--frame-ps`` (the

@@ -1,6 +1,6 @@
 """Generate maximum-likelihood training data for the alanine dipeptide flows (plain + umbrella MD).
 
-Writes ``data/<system>/training.npz`` (+ ``.json``), a :class:`~boltzflow.SampleSet` of
+Writes ``data/<system>/training/samples.npz`` (+ ``.json``), a :class:`~boltzflow.SampleSet` of
 
 * plain Langevin MD frames (the φ < 0 basins, where almost all of the Boltzmann mass is), and
 * frames of MD under the reference umbrella bias on φ (``data/<system>/samples.npz`` metadata), so
@@ -8,16 +8,17 @@ Writes ``data/<system>/training.npz`` (+ ``.json``), a :class:`~boltzflow.Sample
 
 The frames keep their honest importance weights (0 for plain MD, ``V(φ)/kT`` for umbrella frames),
 but the set is a *mixture* meant for unweighted maximum likelihood
-(its metadata says ``ml_weighting = "uniform"``, which ``boltzflow train`` follows): the flow then over-covers φ > 0 a little, which
-costs some ESS and makes the reweighted ΔF(φ>0 − φ<0) well determined.
+(its metadata says ``ml_weighting = "uniform"``, which ``boltzflow train`` follows): the flow
+then over-covers φ > 0 a little, which costs some ESS and makes the reweighted ΔF(φ>0 − φ<0)
+well determined.
 
 Usage::
 
-    python data/make_training_data.py                       # implicit solvent, ~6 min on 2 cores
+    python data/make_training_data.py                       # implicit solvent, ~9 min on 2 cores
     python data/make_training_data.py --system alanine_dipeptide_vacuum
 
-Each trajectory checkpoints under ``data/.work/``; rerunning resumes. The output (~5 MB) is not
-tracked by git: it is regenerated bit-for-bit from the fixed seeds.
+Each trajectory checkpoints under ``data/.work/``; rerunning resumes. The output (60 000 frames,
+~32 MB) is not tracked by git: it is regenerated from the fixed seeds.
 """
 
 from __future__ import annotations
@@ -74,7 +75,8 @@ def make_training_data(name: str, md_ns: float, umbrella_ns: float, n_processes:
         parts = pool.map(_trajectory, jobs)
     data = bf.SampleSet.concatenate(parts)
     data.metadata.update({
-        "sampler": "md+umbrella", "purpose": "maximum-likelihood training mixture", "ml_weighting": "uniform", "md_ns_per_chain": md_ns,
+        "sampler": "md+umbrella", "purpose": "maximum-likelihood training mixture", "ml_weighting": "uniform",
+        "md_ns_per_chain": md_ns,
         "umbrella_ns_per_chain": umbrella_ns, "frame_ps": FRAME_PS, "system_source": None,
     })
     return data

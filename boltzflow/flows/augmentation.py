@@ -48,7 +48,8 @@ def augment_particle_symmetries(data: SampleSet, n_particles: int, n_dims: int, 
     order = np.argsort(rng.random((len(data), n_particles)), axis=1)
     permuted = np.take_along_axis(rotated, order[:, :, None], axis=1)
     return SampleSet(x=permuted.reshape(len(data), -1), energies=data.energies, log_weights=data.log_weights,
-                     chain=data.chain, time=data.time, metadata={**data.metadata, "augmented": "rotations+permutations"})
+                     chain=data.chain, time=data.time,
+                     metadata={**data.metadata, "augmented": "rotations+permutations"})
 
 
 __all__ = ["augment_particle_symmetries", "random_rotations"]
