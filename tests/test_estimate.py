@@ -330,6 +330,12 @@ def test_chains_stuck_in_different_states_inflate_the_error():
     assert est.error > 10 * naive
     assert est.error == pytest.approx(between_chain_error(x[:, 0], chain))
     assert est.error == pytest.approx(np.std(x.reshape(8, n_per).mean(1), ddof=1) / np.sqrt(8))
+    # the summary's chain diagnostics see it too, and the table flags it
+    summary = summarize(samples, observables={"x": lambda v: v[:, 0]})
+    assert summary["chain_diagnostics"]["n_chains"] == 8 and summary["chain_diagnostics"]["x"]["r_hat"] > 1.5
+    assert "!! chains" in format_table(summary) and "chains disagree" in format_table(summary)
+    mixed = SampleSet(x=rng.normal(size=(8000, 1)), energies=np.zeros(8000), chain=chain, metadata={"correlated": True})
+    assert "!! chains" not in format_table(summarize(mixed, observables={"x": lambda v: v[:, 0]}))
 
 
 def test_free_energy_profile_of_reweighted_gaussian_matches_exact_bins():

@@ -9,6 +9,7 @@ import numpy as np
 
 from ..samples import SampleSet
 from .free_energy import free_energy_difference
+from .diagnostics import integrated_autocorrelation_time, r_hat
 from .importance import expectation, log_partition_function
 from .result import format_value_error
 from .weights import ess, relative_ess
@@ -38,7 +39,9 @@ def summarize(
     dict
         ``n``, ``n_failed``, ``correlated``, ``ess`` (Kish), ``relative_ess``, ``mean_energy``,
         ``observables`` (name to estimate), and ``delta_f`` (if ``states``) and ``log_z`` (if the
-        proposal is normalised); every estimate as :meth:`Estimate.to_dict`.
+        proposal is normalised), ``chain_diagnostics`` (correlated chains: integrated
+        autocorrelation time and split R-hat of u and each observable, acceptance rates from the
+        metadata); every estimate as :meth:`Estimate.to_dict`.
     """
     summary: dict[str, Any] = {
         "n": len(samples),
@@ -55,7 +58,20 @@ def summarize(
         summary["delta_f"] = free_energy_difference(samples, *states, seed=seed).to_dict()
     if samples.metadata.get("normalized_proposal", False):
         summary["log_z"] = log_partition_function(samples, seed=seed).to_dict()
+    if samples.correlated and samples.chain is not None:
+        summary["chain_diagnostics"] = _chain_diagnostics(samples, observables or {})
     return summary
+
+
+def _chain_diagnostics(samples: SampleSet, observables: dict[str, Callable[[np.ndarray], Any]]) -> dict[str, Any]:
+    """Integrated autocorrelation time (in stored samples) and split R-hat of u and each observable."""
+    table: dict[str, Any] = {"n_chains": int(len(np.unique(samples.chain)))}
+    for name, f in {"u": samples.energies, **observables}.items():
+        table[name] = {"tau": float(integrated_autocorrelation_time(samples, f)), "r_hat": float(r_hat(samples, f))}
+    for key in ("global_acceptance_rate", "local_acceptance_rate", "acceptance_rate"):
+        if key in samples.metadata:
+            table[key] = samples.metadata[key]
+    return table
 
 
 _REFERENCE_METHODS = {"exact": "exact (quadrature)", "umbrella": "umbrella MD", "md": "MD/MCMC baseline"}
@@ -149,6 +165,19 @@ def format_table(summary: dict[str, Any]) -> str:
             rows.append((name, value, error, ess_note + est["method"]))
         else:
             rows.append((f"!! {name}", value, error, f"UNRELIABLE: {est['message']}"))
+    diagnostics = summary.get("chain_diagnostics")
+    if diagnostics:
+        worst = max((v["r_hat"] for v in diagnostics.values() if isinstance(v, dict) and np.isfinite(v["r_hat"])),
+                    default=float("nan"))
+        rates = [f"{k.replace('_acceptance_rate', '')} {diagnostics[k]:.2f}" for k in ("global_acceptance_rate",
+                 "local_acceptance_rate") if isinstance(diagnostics.get(k), (int, float))]
+        note = f"{diagnostics['n_chains']} chains; " + "; ".join(
+            f"{name}: tau {v['tau']:.1f}, R-hat {v['r_hat']:.3f}" for name, v in diagnostics.items()
+            if isinstance(v, dict))
+        flag = "!! " if np.isfinite(worst) and worst > 1.1 else ""
+        rows.append((f"{flag}chains", f"{worst:.3f}" if np.isfinite(worst) else "n/a", "",
+                     ("max R-hat > 1.1: chains disagree; " if flag else "max R-hat; ") + note
+                     + ("; acceptance " + ", ".join(rates) if rates else "")))
     header = ("quantity", "value", "error", "notes")
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(3)]
     lines = [
