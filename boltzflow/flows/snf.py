@@ -41,6 +41,8 @@ for it the Hessian term is left out of the training gradient (weights stay exact
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -107,7 +109,7 @@ class InterpolatedEnergy:
         return u, g
 
 
-class StochasticBlock(nn.Module):
+class StochasticBlock(nn.Module, ABC):
     """A stochastic SNF layer acting on ``u_λ`` for a fixed ``λ``.
 
     Parameters
@@ -127,11 +129,11 @@ class StochasticBlock(nn.Module):
         self.lam = float(lam)
         self.n_steps = int(n_steps)
 
+    @abstractmethod
     def forward(  # type: ignore[override]
         self, x: torch.Tensor, energy: InterpolatedEnergy, generator: torch.Generator | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Apply the block; returns ``(y (B, D), ΔS (B,))``."""
-        raise NotImplementedError
 
 
 class LangevinBlock(StochasticBlock):

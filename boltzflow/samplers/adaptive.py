@@ -40,7 +40,7 @@ from ..flows.models import Standardize, build_flow, save_model
 from ..flows.training import kl_loss
 from ..samples import SampleSet
 from ..systems.system import System
-from .checkpoint import Checkpoint
+from .checkpoint import Checkpoint, restore_stored
 from .flow import resolve_model
 from .flow_mcmc import _current_log_weights, _FlowEvaluator
 from .flow_mcmc import global_move as _global_move
@@ -263,8 +263,7 @@ def sample_adaptive(
             flow = build_flow(system, **{"max_linear_std": None, **flow_options})
         _load_state(flow, arrays)
         x, h = arrays["x"], arrays["h"]
-        n_stored = arrays["stored"].shape[0]
-        stored[:n_stored], stored_u[:n_stored] = arrays["stored"], arrays["stored_u"]
+        restore_stored(arrays, stored, stored_u)
         step, counts, history, seconds = info["step"], info["counts"], info["history"], info["seconds"]
         rng.bit_generator.state = info["rng"]
         start = system.energy.evaluate(x, need_gradient=local_steps > 0)

@@ -73,3 +73,9 @@ class Checkpoint:
         """Delete the checkpoint once the run has finished and its results are saved."""
         if self.path is not None and self.path.exists():
             self.path.unlink()
+
+
+def restore_stored(arrays: dict[str, np.ndarray], stored: np.ndarray, stored_u: np.ndarray) -> None:
+    """Copy the samples a chain checkpoint kept (``stored``, ``stored_u``) into the run's buffers."""
+    n_stored = arrays["stored"].shape[0]
+    stored[:n_stored], stored_u[:n_stored] = arrays["stored"], arrays["stored_u"]

@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from ..flows.distributions import FlowDistribution
 from ..samples import SampleSet
 from ..systems.system import System
-from .checkpoint import Checkpoint
+from .checkpoint import Checkpoint, restore_stored
 from .flow import resolve_model
 from .hmc import chain_columns
 from .local_kernels import DualAveraging, mala_step, target_potential
@@ -203,8 +203,7 @@ def _run(
         arrays, info = resumed
         x, h = arrays["x"], arrays["h"]
         adapter.load(arrays)
-        n_stored = arrays["stored"].shape[0]
-        stored[:n_stored], stored_u[:n_stored] = arrays["stored"], arrays["stored_u"]
+        restore_stored(arrays, stored, stored_u)
         step, counts = info["step"], info["counts"]
         if "h_warmup_end" in arrays:
             h_warmup_end = arrays["h_warmup_end"]

@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from ..samples import SampleSet
 from ..systems.system import System
-from .checkpoint import Checkpoint
+from .checkpoint import Checkpoint, restore_stored
 from .local_kernels import DualAveraging, Potential, hmc_step, target_potential
 from .metadata import run_metadata
 
@@ -97,8 +97,7 @@ def run_hmc_chains(
         arrays, info = resumed
         x, h = arrays["x"], arrays["h"]
         adapter.load(arrays)
-        n_stored = arrays["stored"].shape[0]
-        stored[:n_stored], stored_u[:n_stored] = arrays["stored"], arrays["stored_u"]
+        restore_stored(arrays, stored, stored_u)
         step, counts = info["step"], info["counts"]
         if "h_warmup_end" in arrays:
             h_warmup_end = arrays["h_warmup_end"]
