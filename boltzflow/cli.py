@@ -1,4 +1,4 @@
-"""Command line: ``boltzflow systems | sample | train | estimate``.
+"""Command line: ``boltzflow systems | sample | train | train-cnf | estimate``.
 
 Errors a user can fix (unknown system, bad option, unreadable run folder) print one line naming the
 problem and exit with status 2; a Ctrl-C leaves the checkpoint in place and says how to resume.
@@ -117,6 +117,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from .flows.models import build_flow, save_model
     from .flows.training import split_holdout, train
 
+    if args.snf:
+        return _cmd_train_snf(args)
     out = Path(args.out)
     model_path = out / "model.pt"
     if model_path.exists() and not args.force:
@@ -126,6 +128,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
     data = SampleSet.load(data_path) if data_path is not None else None
     if data is None and args.w_kl == 0:
         raise CLIError(f"no training data for '{args.system}': give --data RUN_OR_NPZ or train by --w-kl > 0")
+    if data is None and args.w_ml > 0:
+        raise CLIError(f"no training data for '{args.system}': train by reverse KL alone (--w-ml 0 --w-kl 1) or "
+                       "give --data RUN_OR_NPZ")
     weighting = args.data_weighting or (data.metadata.get("ml_weighting", "importance") if data else "importance")
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -152,6 +157,96 @@ def _cmd_train(args: argparse.Namespace) -> int:
     save_model(flow, model_path, metadata)
     checkpoint.unlink(missing_ok=True)
     print(f"wrote {model_path}; sample with: boltzflow sample {args.system} --sampler flow --model {model_path} "
+          f"--out RUN")
+    return 0
+
+
+def _cmd_train_snf(args: argparse.Namespace) -> int:
+    """``boltzflow train SYSTEM --snf``: build a stochastic normalizing flow and train it by reverse KL."""
+    import torch
+
+    from .flows.snf import build_snf, save_snf, train_snf
+
+    if args.data or args.w_ml != 1.0 or args.w_kl != 0.0 or args.lr_final is not None or args.data_weighting:
+        raise CLIError("--snf trains by reverse KL on the energy alone: --data, --w-ml, --w-kl, --lr-final and "
+                       "--data-weighting do not apply")
+    if args.device != "cpu":
+        raise CLIError("SNF training runs on the CPU (its stochastic blocks evaluate the energy at every step)")
+    out = Path(args.out)
+    model_path = out / "snf.pt"
+    if model_path.exists() and not args.force:
+        raise CLIError(f"{model_path} exists already; use --force to overwrite it or choose another --out")
+    system = load_system(args.system)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)  # the couplings' initial weights
+    snf = build_snf(system, kind=args.kind, n_layers=args.layers, n_blocks=args.snf_blocks, block=args.snf_block,
+                    n_steps=args.snf_steps, step_size=args.snf_step_size, proposal_scale=args.snf_proposal_scale,
+                    hidden=tuple(args.hidden), num_bins=args.bins)
+    checkpoint = out / "checkpoint.pt"
+    try:
+        history = train_snf(snf, n_iterations=args.iterations, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                            progress=not args.quiet, checkpoint=checkpoint)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: progress is kept in {checkpoint}; run the same command again to resume",
+              file=sys.stderr)
+        return 130
+    metadata = {"system": system.name, "iterations": args.iterations, "batch_size": args.batch_size, "lr": args.lr,
+                "seed": args.seed, "final_loss": history.loss[-1] if history.loss else None,
+                "final_relative_ess": history.relative_ess[-1] if history.relative_ess else None}
+    save_snf(snf, model_path, metadata)
+    checkpoint.unlink(missing_ok=True)
+    print(f"wrote {model_path}; sample with: boltzflow sample {args.system} --sampler snf --model {model_path} "
+          f"--out RUN")
+    return 0
+
+
+def _cmd_train_cnf(args: argparse.Namespace) -> int:
+    """``boltzflow train-cnf SYSTEM``: a continuous flow by flow matching, then σ_F for flow perturbation."""
+    import torch
+
+    from .flows.continuous import build_continuous_flow, save_continuous_flow
+    from .flows.continuous_training import train_continuous_flow, train_sigma_f
+
+    out = Path(args.out)
+    model_path = out / "cnf.pt"
+    if model_path.exists() and not args.force:
+        raise CLIError(f"{model_path} exists already; use --force to overwrite it or choose another --out")
+    system = load_system(args.system)
+    data_path = Path(args.data) if args.data else _default_data(args.system)
+    if data_path is None:
+        raise CLIError(f"no training data for '{args.system}': give --data RUN_OR_NPZ")
+    data = SampleSet.load(data_path)
+    weighting = args.data_weighting or data.metadata.get("ml_weighting", "importance")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)  # the networks' initial weights
+    flow = build_continuous_flow(
+        system, hidden=tuple(args.hidden), time_features=args.time_features, n_steps=args.ode_steps,
+        remove_centre=False if args.keep_centre else None, data=data, augment_rotations=args.augment_rotations,
+        sigma_b=args.sigma_b, seed=args.seed,
+    )
+    checkpoint = out / "checkpoint.pt"
+    try:
+        history = train_continuous_flow(
+            system, flow, data, n_iterations=args.iterations, batch_size=args.batch_size, lr=args.lr,
+            lr_final=args.lr_final, seed=args.seed, augment_rotations=args.augment_rotations,
+            data_weighting=weighting, progress=not args.quiet, checkpoint=checkpoint, device=args.device,
+        )
+        sigma_f_loss = train_sigma_f(flow, n_pairs=args.sigma_f_pairs, n_iterations=args.sigma_f_iterations,
+                                     seed=args.seed, progress=not args.quiet)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: progress is kept in {checkpoint}; run the same command again to resume",
+              file=sys.stderr)
+        return 130
+    metadata = {"system": system.name, "data": str(data_path), "data_weighting": weighting,
+                "iterations": args.iterations, "seed": args.seed,
+                "final_loss": history.loss[-1] if history.loss else None,
+                "sigma_f_final_loss": sigma_f_loss[-1] if sigma_f_loss else None,
+                "training_seconds": history.seconds}
+    save_continuous_flow(flow.cpu(), model_path, metadata)
+    checkpoint.unlink(missing_ok=True)
+    print(f"wrote {model_path}; sample with: boltzflow sample {args.system} --sampler fp-smc --model {model_path} "
           f"--out RUN")
     return 0
 
@@ -242,7 +337,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="run folder for samples, trajectory, plot and checkpoint")
     p.add_argument("-o", "--option", action="append", default=[], metavar="KEY=VALUE",
                    help="sampler option, repeatable (e.g. -o thin=500 -o timestep_fs=1.0)")
-    p.add_argument("--model", help="trained flow model file (flow, imh, isir, neutra; default: the shipped one)")
+    p.add_argument("--model", help="trained flow model file (flow, imh, isir, neutra; default: the shipped one), "
+                                   "or an SNF file from `train --snf` (snf), or a continuous flow from `train-cnf` "
+                                   "(cnf-exact, cnf-hutchinson, fp, fp-is, fp-smc)")
     p.add_argument("--platform", help="OpenMM platform: auto, Reference, CPU, CUDA, OpenCL")
     p.add_argument("--workers", type=int, help="OpenMM energy worker processes")
     p.add_argument("--temperature", type=float, help="override the system temperature (K or reduced)")
@@ -277,7 +374,47 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, help="torch CPU threads (1 is fastest for small flows on a busy machine)")
     p.add_argument("--force", action="store_true", help="overwrite an existing model in --out")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--snf", action="store_true",
+                   help="train a stochastic normalizing flow instead (toy systems; reverse KL; writes OUT/snf.pt): "
+                        "the --layers couplings interleaved with --snf-blocks stochastic blocks at λ = 1/K, ..., 1")
+    p.add_argument("--snf-blocks", type=int, default=2, help="SNF: stochastic blocks K (default: 2; 0: a plain flow)")
+    p.add_argument("--snf-block", default="metropolis", choices=["metropolis", "langevin"],
+                   help="SNF: block type (default: metropolis)")
+    p.add_argument("--snf-steps", type=int, default=10, help="SNF: steps per block (default: 10)")
+    p.add_argument("--snf-step-size", type=float, default=0.01, help="SNF: Langevin step ε (default: 0.01)")
+    p.add_argument("--snf-proposal-scale", type=float, default=0.3,
+                   help="SNF: Metropolis proposal standard deviation (default: 0.3)")
     p.set_defaults(handler=_cmd_train)
+
+    p = sub.add_parser("train-cnf", help="train a continuous flow (flow matching) and its flow-perturbation sigma_F")
+    p.add_argument("system", help="built-in system name or path to a system folder")
+    p.add_argument("--data", help="training samples (run folder or .npz); default: the project's "
+                                   "data/<system>/training, else data/<system>")
+    p.add_argument("--out", required=True, help="run folder for cnf.pt and the training checkpoint")
+    p.add_argument("--hidden", type=int, nargs="+", default=[256, 256, 256], help="velocity MLP hidden sizes")
+    p.add_argument("--time-features", type=int, default=8, help="frequencies of the time embedding (default: 8)")
+    p.add_argument("--ode-steps", type=int, default=20, help="RK4 steps of each map (default: 20)")
+    p.add_argument("--iterations", type=int, default=5000, help="flow-matching steps (default: 5000)")
+    p.add_argument("--batch-size", type=int, default=256, help="batch size (default: 256)")
+    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default: 1e-3)")
+    p.add_argument("--lr-final", type=float, help="cosine-decay the learning rate to this value (default: constant)")
+    p.add_argument("--data-weighting", choices=["importance", "uniform"],
+                   help="draw batches by the data's importance weights or uniformly; default: the data's own "
+                        "'ml_weighting' metadata, else importance")
+    p.add_argument("--augment-rotations", action="store_true",
+                   help="rotate every training frame at random about its centre (particles and molecules)")
+    p.add_argument("--keep-centre", action="store_true",
+                   help="model the centre of mass too (default: removed for particles and molecules)")
+    p.add_argument("--sigma-b", type=float, default=1e-3,
+                   help="flow perturbation's sigma_B in system length units (default: 1e-3)")
+    p.add_argument("--sigma-f-iterations", type=int, default=1000, help="sigma_F training steps (default: 1000)")
+    p.add_argument("--sigma-f-pairs", type=int, default=4096, help="sigma_F training pairs (default: 4096)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    p.add_argument("--device", default="cpu", help="torch device: cpu or cuda (default: cpu)")
+    p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--force", action="store_true", help="overwrite an existing model in --out")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(handler=_cmd_train_cnf)
 
     p = sub.add_parser("estimate", help="estimates with uncertainties from a run folder")
     p.add_argument("run", help="run folder or samples .npz file")

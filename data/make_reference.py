@@ -119,6 +119,86 @@ def double_well_exact() -> dict[str, float]:
     }
 
 
+def tetrahedron_field_exact(n_polar: int = 256, n_azimuth: int = 512) -> dict[str, float]:
+    """Exact orientational averages of tetrahedron_field by quadrature over SO(3) with the Haar measure.
+
+    The energy depends on the orientation R only through the body-frame field direction
+    ``n = Rᵀ ŷ``, and the Haar measure pushes forward to the uniform measure on the sphere of ``n``,
+    so ``⟨f⟩_Haar = (1/4π) ∫_{S²} f(n) dn``: Gauss–Legendre in ``cos θ`` × the trapezoidal rule in
+    ``φ`` (exponentially convergent for this smooth periodic integrand), each node evaluated through
+    the system's own energy at a rigid configuration with ``R n = ŷ``. Returns ``log_z`` in the
+    convention of the rigid-body flows (S³ surface measure, ``log Z = log 2π² + log ⟨e^{-u}⟩_Haar``),
+    also ``log_z_haar``, ``mean_energy``, the mode weights ``p_up0 … p_up3`` (vertex i highest),
+    ``mean_y0`` and ``delta_f_b_minus_a`` for the system's states (A: vertex 0 up, B: vertex 1 up).
+    """
+    from boltzflow.energy.tetrahedron_field import vertex_up, vertex_up_rotation
+
+    system = bf.load_system("tetrahedron_field")
+    cos_theta, w_theta = np.polynomial.legendre.leggauss(n_polar)
+    phi = 2 * np.pi * np.arange(n_azimuth) / n_azimuth
+    sin_theta = np.sqrt(1 - cos_theta**2)
+    n = np.stack([np.outer(sin_theta, np.cos(phi)), np.outer(sin_theta, np.sin(phi)),
+                  np.outer(cos_theta, np.ones(n_azimuth))], axis=-1).reshape(-1, 3)
+    weights = (np.outer(w_theta, np.full(n_azimuth, 2 * np.pi / n_azimuth)) / (4 * np.pi)).reshape(-1)
+    reference = system.rigid_bodies.reference
+    x = np.einsum("nab,kb->nka", vertex_up_rotation(n), reference).reshape(len(n), -1)
+    u = system.energy.evaluate(x, need_gradient=False).energy
+    shift = u.min()
+    p = weights * np.exp(-(u - shift))
+    z = p.sum()
+    modes = {f"p_up{i}": float((p * vertex_up(x, i)).sum() / z) for i in range(4)}
+    log_z_haar = float(np.log(z) - shift)
+    return {
+        "log_z": log_z_haar + float(np.log(2 * np.pi**2)),
+        "log_z_haar": log_z_haar,
+        "mean_energy": float((p * u).sum() / z),
+        "mean_y0": float((p * x[:, 1]).sum() / z),
+        **modes,
+        "delta_f_b_minus_a": float(-np.log(modes["p_up1"] / modes["p_up0"])),
+        "quadrature": f"Gauss-Legendre {n_polar} x trapezoid {n_azimuth} over the field direction",
+    }
+
+
+EXACT_ONLY = {"tetrahedron_field": tetrahedron_field_exact}  # reference by quadrature alone, no sampling
+
+
+def gaussian_mixture_exact(name: str) -> dict[str, float]:
+    """Exact log Z, ⟨u⟩, ⟨x0⟩, P(A), P(B) and ΔF(B−A) of a ``gaussian_mixture`` system (gmm10, gmm1000).
+
+    The mixture is normalised (``log Z = 0`` at kT = 1); state A is ``x0 < 0``, whose probability is
+    a sum of normal CDFs. With equal widths σ and means along ``x0`` only,
+    ``u = r⊥²/2σ² + ((d−1)/2) log 2πσ² + u1(x0)``, so ``⟨u⟩ = ((d−1)/2)(1 + log 2πσ²) + ⟨u1⟩``
+    with ``⟨u1⟩`` by 1D quadrature.
+    """
+    system = bf.load_system(name)
+    energy = system.energy
+    if {k: s.expression.replace(" ", "") for k, s in system.states.items()} != {"A": "x0<0", "B": "x0>0"}:
+        raise ValueError(f"{name}: the exact reference assumes states A = 'x0 < 0', B = 'x0 > 0'")
+    sigma = energy.sigmas[0]
+    if not (np.allclose(energy.sigmas, sigma) and np.allclose(energy.means[:, 1:], 0.0) and energy.kT == 1.0):
+        raise ValueError(f"{name}: exact <u> by 1D quadrature needs equal sigmas, means along x0 and kT = 1")
+    w, m, d = energy.weights, energy.means[:, 0], energy.dim
+
+    def p1(x0: float) -> float:  # the x0 marginal
+        return float(w @ np.exp(-0.5 * ((x0 - m) / sigma) ** 2)) / np.sqrt(2 * np.pi * sigma**2)
+
+    lo, hi = m.min() - 12 * sigma, m.max() + 12 * sigma
+    mean_u1 = integrate.quad(lambda x: -p1(x) * np.log(p1(x)), lo, hi, points=list(m), limit=200, epsabs=0,
+                             epsrel=1e-12)[0]
+    p_a = energy.coordinate_cdf(0, 0.0)
+    return {
+        "log_z": 0.0,
+        "mean_energy": float(0.5 * (d - 1) * (1 + np.log(2 * np.pi * sigma**2)) + mean_u1),
+        "mean_x0": float(w @ m),
+        "p_a": p_a,
+        "p_b": 1.0 - p_a,
+        "delta_f_b_minus_a": float(-np.log((1.0 - p_a) / p_a)),
+    }
+
+
+EXACT_ONLY.update(gmm10=lambda: gaussian_mixture_exact("gmm10"), gmm1000=lambda: gaussian_mixture_exact("gmm1000"))
+
+
 X1_EDGES = np.linspace(-2.5, 2.5, 51)  # double_well_2d: profile along x1
 PAIR_EDGES = np.linspace(1.5, 6.5, 51)  # dw4: pooled pair-distance profile
 
@@ -182,10 +262,16 @@ def main() -> None:
     parser.add_argument("--only", nargs="*", help="systems to (re)generate; default all")
     parser.add_argument("--chains", type=int, default=2, help="parallel MD trajectories per OpenMM system")
     args = parser.parse_args()
-    names = args.only or [*MALA_PLAN, *MD_PLAN]
+    names = args.only or [*MALA_PLAN, *MD_PLAN, *EXACT_ONLY]
     ref_path = HERE / "reference.json"
     reference = json.loads(ref_path.read_text()) if ref_path.exists() else {}
     for name in names:
+        if name in EXACT_ONLY:
+            reference[name] = {"exact": EXACT_ONLY[name]()}
+            text = json.dumps(reference, indent=1, sort_keys=True)
+            atomic_write(ref_path, lambda f: f.write(text.encode()))
+            print(f"{name}: exact reference {reference[name]['exact']}")
+            continue
         if name not in MALA_PLAN and name not in MD_PLAN:
             raise SystemExit(f"unknown system '{name}'")
         system = bf.load_system(name)

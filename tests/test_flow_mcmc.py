@@ -274,13 +274,6 @@ def test_custom_system_needs_a_model(sampler):
         bf.sample(_truncated_gaussian(), sampler=sampler, n=10, progress=False)
 
 
-def test_neutra_refuses_circular_latent_features():
-    system = _truncated_gaussian()
-    flow = FlowDistribution(BaseDistribution(2, circular=[True, False]), Standardize(2)).double()
-    with pytest.raises(ValueError, match="circular"):
-        bf.sample(system, sampler="neutra", n=10, model=flow, progress=False)
-
-
 def test_isir_needs_two_candidates():
     system = _truncated_gaussian()
     with pytest.raises(ValueError, match="n_proposals >= 2"):

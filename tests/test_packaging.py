@@ -28,8 +28,8 @@ def test_reference_data_and_shipped_models_are_packaged_and_found():
     from boltzflow.reference_data import builtin_data_dir, reference_estimates, shipped_model
 
     assert builtin_data_dir().resolve() == (ROOT / "data").resolve()
-    for name in ("double_well_2d", "alanine_dipeptide_implicit"):
+    for name in ("double_well_2d", "alanine_dipeptide_implicit", "dw4", "tetrahedron_field"):
         assert shipped_model(name) is not None, name
         assert reference_estimates(name), name
-    assert shipped_model("dw4") is None and reference_estimates("dw4")["pair_distance_profile"]
+    assert reference_estimates("dw4")["pair_distance_profile"]
     assert shipped_model("lj55") is None and reference_estimates("no_such_system") is None

@@ -10,8 +10,20 @@ import pytest
 import torch
 
 import boltzflow as bf
-from boltzflow.flows import BaseDistribution, SplineCoupling, alternating_masks
-from boltzflow.flows.snf import SNF, InterpolatedEnergy, LangevinBlock, MetropolisBlock, train_snf
+from boltzflow.cli import main
+from boltzflow.flows import BaseDistribution, SplineCoupling, alternating_masks, build_flow, save_model
+from boltzflow.flows.models import ModelFileError
+from boltzflow.flows.snf import (
+    SNF,
+    InterpolatedEnergy,
+    LangevinBlock,
+    MetropolisBlock,
+    build_snf,
+    load_snf,
+    save_snf,
+    train_snf,
+)
+from boltzflow.flows.training import TrainingCheckpointError
 from boltzflow.samplers import SAMPLERS
 
 torch.set_num_threads(1)
@@ -188,8 +200,160 @@ def test_sampler_registry_and_errors(double_well):
     assert "snf" in SAMPLERS
     with pytest.raises(ValueError, match="needs model="):
         bf.sample(double_well, sampler="snf", n=10, progress=False)
-    with pytest.raises(TypeError):
-        bf.sample(double_well, sampler="snf", n=10, model="flow.pt", progress=False)
+    with pytest.raises(TypeError, match="SNF file path or"):
+        bf.sample(double_well, sampler="snf", n=10, model=3, progress=False)
+    with pytest.raises(ModelFileError, match="does not exist"):
+        bf.sample(double_well, sampler="snf", n=10, model="no/such/snf.pt", progress=False)
     with pytest.raises(ValueError, match="dimension"):
         bf.sample(double_well, sampler="snf", n=10, model=SNF(BaseDistribution(3), [], double_well.energy).double(),
                   progress=False)
+
+
+# ---------------------------------------------------------------- (f) built SNFs, model files, checkpoints, CLI
+def _tiny_snf(system: bf.System, n_blocks: int = 2, block: str = "metropolis", perturb: float = 0.3) -> SNF:
+    """A small built SNF with random (non-identity) coupling weights."""
+    torch.manual_seed(0)
+    snf = build_snf(system, n_layers=2, n_blocks=n_blocks, block=block, n_steps=2, hidden=(8,), num_bins=4)
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for parameter in snf.parameters():
+            parameter.add_(perturb * torch.randn(parameter.shape, generator=g, dtype=parameter.dtype))
+    return snf
+
+
+def test_build_snf_interleaves_couplings_and_blocks_on_a_lambda_schedule(double_well):
+    def layout(snf):
+        return [f"{type(layer).__name__[0]}{getattr(layer, 'lam', '')}" for layer in snf.layers]
+
+    snf = build_snf(double_well, n_layers=4, n_blocks=2, block="langevin", step_size=0.02, n_steps=3)
+    assert layout(snf) == ["S", "S", "L0.5", "S", "S", "L1.0"]
+    assert snf.layers[2].step_size == 0.02 and snf.layers[2].n_steps == 3 and snf.energy.target is double_well.energy
+    assert layout(build_snf(double_well, n_layers=4, n_blocks=3)) == ["S", "S", "M0.3333333333333333", "S",
+                                                                     "M0.6666666666666666", "S", "M1.0"]
+    assert layout(build_snf(double_well, kind="affine", n_layers=3, n_blocks=0)) == ["A", "A", "A"]
+    with pytest.raises(ValueError, match="toy systems"):
+        build_snf(bf.load_system("dw4"))
+    with pytest.raises(ValueError, match="unknown SNF block 'hmc'"):
+        build_snf(double_well, block="hmc")
+
+
+def test_saved_snf_gives_identical_samples_and_weights(double_well, tmp_path):
+    snf = _tiny_snf(double_well)
+    path = save_snf(snf, tmp_path / "run" / "snf.pt", {"note": "test"})
+    loaded = load_snf(path, double_well)
+    assert loaded.config == snf.config and loaded.metadata == {"note": "test"}
+    options = {"n": 600, "seed": 4, "batch_size": 256, "progress": False}
+    direct = bf.sample(double_well, sampler="snf", model=snf, **options)
+    from_file = bf.sample(double_well, sampler="snf", model=str(path), **options)
+    assert np.array_equal(direct.x, from_file.x) and np.array_equal(direct.log_weights, from_file.log_weights)
+    assert from_file.metadata["model"] == str(path.resolve()) and direct.metadata["model"] == "in-memory SNF"
+    assert from_file.metadata["mc_acceptance"] == direct.metadata["mc_acceptance"]
+    assert np.isfinite(direct.log_weights).all() and direct.log_weights.std() > 0.1  # a non-trivial SNF
+
+
+def test_corrupted_or_mismatched_snf_files_raise_clear_errors(double_well, tmp_path):
+    path = save_snf(_tiny_snf(double_well), tmp_path / "snf.pt")
+    data = path.read_bytes()
+    (tmp_path / "truncated.pt").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ModelFileError, match="corrupted"):
+        load_snf(tmp_path / "truncated.pt", double_well)
+    (tmp_path / "noise.pt").write_bytes(b"not a model at all")
+    with pytest.raises(ModelFileError, match="corrupted"):
+        load_snf(tmp_path / "noise.pt", double_well)
+    with pytest.raises(ModelFileError, match="does not exist"):
+        load_snf(tmp_path / "missing.pt", double_well)
+    flow_file = save_model(build_flow(double_well, hidden=(8,), n_layers=2), tmp_path / "flow.pt")
+    with pytest.raises(ModelFileError, match="normalizing-flow model, not an SNF"):
+        load_snf(flow_file, double_well)
+    payload = torch.load(path, weights_only=True)
+    torch.save({**payload, "version": 99}, tmp_path / "future.pt")
+    with pytest.raises(ModelFileError, match="format version 99"):
+        load_snf(tmp_path / "future.pt", double_well)
+    torch.save({**payload, "state_dict": {}}, tmp_path / "empty.pt")
+    with pytest.raises(ModelFileError, match="does not match its configuration"):
+        load_snf(tmp_path / "empty.pt", double_well)
+    three_d = bf.System.from_energy(lambda x: 0.5 * (x**2).sum(-1), dim=3, name="normal3")
+    other = save_snf(_tiny_snf(three_d), tmp_path / "other.pt")
+    with pytest.raises(ModelFileError, match="dimension 3"):
+        load_snf(other, double_well)
+    with pytest.raises(ValueError, match="made by build_snf"):
+        save_snf(annealing_snf(dw_torch), tmp_path / "hand_made.pt")
+
+
+class _Interrupt(bf.energy.FunctionEnergy):
+    """The double-well energy raising KeyboardInterrupt at its n-th evaluation (a Ctrl-C)."""
+
+    def __init__(self, after: int) -> None:
+        super().__init__(dw_torch, dim=2)
+        self.after = after
+
+    def _evaluate(self, x, need_gradient):
+        self.after -= 1
+        if self.after == 0:
+            raise KeyboardInterrupt
+        return super()._evaluate(x, need_gradient)
+
+
+def _dw_system(interrupt_after: int | None = None) -> bf.System:
+    system = bf.System.from_energy(dw_torch, dim=2, name="dw")
+    if interrupt_after is not None:
+        system.energy = _Interrupt(interrupt_after)
+    return system
+
+
+def test_interrupted_snf_training_resumes_exactly(tmp_path):
+    options = {"n_iterations": 6, "batch_size": 64, "lr": 5e-3, "seed": 2, "progress": False}
+    reference = _tiny_snf(_dw_system(), perturb=0.0)
+    expected = train_snf(reference, **options)
+    # Every iteration evaluates the energy 2 x (2 + 1) times in the blocks and once at the end:
+    # interrupted inside the 4th iteration, after 3 checkpointed ones.
+    ckpt = tmp_path / "checkpoint.pt"
+    with pytest.raises(KeyboardInterrupt):
+        train_snf(_tiny_snf(_dw_system(interrupt_after=3 * 7 + 4), perturb=0.0), checkpoint=ckpt,
+                  checkpoint_seconds=0.0, **options)
+    assert torch.load(ckpt, weights_only=True)["iteration"] == 3
+    resumed = _tiny_snf(_dw_system(), perturb=0.5)  # other initial weights: the checkpoint's are loaded
+    history = train_snf(resumed, checkpoint=ckpt, checkpoint_seconds=0.0, **options)
+    assert history.loss == expected.loss and history.relative_ess == expected.relative_ess
+    for (name, a), (_, b) in zip(reference.state_dict().items(), resumed.state_dict().items()):
+        assert torch.equal(a, b), name
+    with pytest.raises(TrainingCheckpointError, match="different run"):
+        train_snf(_tiny_snf(_dw_system()), checkpoint=ckpt, **{**options, "seed": 3})
+
+
+def test_interrupted_snf_sampling_resumes_exactly(tmp_path):
+    options = {"n": 400, "seed": 1, "batch_size": 100, "progress": False, "checkpoint_seconds": 0.0}
+    snf = _tiny_snf(_dw_system())
+    reference = bf.sample(_dw_system(), sampler="snf", model=snf, **options)
+    ckpt = tmp_path / "ckpt.npz"
+    interrupted = _dw_system()
+    snf.energy.target = _Interrupt(after=2 * 7 + 3)  # the paths' energies fail in the 3rd batch
+    with pytest.raises(KeyboardInterrupt):
+        bf.sample(interrupted, sampler="snf", model=snf, checkpoint=ckpt, **options)
+    with np.load(ckpt) as saved:
+        assert saved["x"].shape == (200, 2)  # two batches were kept; the run continues from there
+    snf.energy.target = _dw_system().energy
+    resumed = bf.sample(_dw_system(), sampler="snf", model=snf, checkpoint=ckpt, **options)
+    assert np.array_equal(resumed.x, reference.x) and np.array_equal(resumed.log_weights, reference.log_weights)
+    assert resumed.metadata == reference.metadata
+
+
+def test_cli_trains_an_snf_and_samples_from_it(tmp_path):
+    run = tmp_path / "train"
+    args = ["train", "double_well_2d", "--snf", "--out", str(run), "--iterations", "4", "--batch-size", "64",
+            "--layers", "2", "--hidden", "8", "--bins", "4", "--snf-steps", "2", "--quiet"]
+    assert main(args) == 0
+    assert (run / "snf.pt").exists() and not (run / "checkpoint.pt").exists()
+    assert load_snf(run / "snf.pt", bf.load_system("double_well_2d")).metadata["iterations"] == 4
+    assert main(args) == 2  # the model exists: no silent overwrite
+    out = tmp_path / "samples"
+    assert main(["sample", "double_well_2d", "--sampler", "snf", "--model", str(run / "snf.pt"), "--n", "300",
+                 "--out", str(out), "--quiet", "--no-plot"]) == 0
+    samples = bf.SampleSet.load(out)
+    assert samples.metadata["sampler"] == "snf" and samples.metadata["normalized_proposal"] and len(samples) == 300
+    assert samples.metadata["model"] == str((run / "snf.pt").resolve()) and len(samples.metadata["mc_acceptance"]) == 2
+    assert not (out / "checkpoint.npz").exists()
+    assert main(["sample", "double_well_2d", "--sampler", "flow", "--model", str(run / "snf.pt"), "--n", "10",
+                 "--out", str(tmp_path / "wrong"), "--quiet", "--no-plot"]) == 2  # not a flow model
+    assert main(["train", "double_well_2d", "--snf", "--data", str(out), "--out", str(tmp_path / "x"),
+                 "--quiet"]) == 2  # SNF training takes no data

@@ -8,7 +8,9 @@
   at the scale of the data; for translation-invariant particle systems (``system.particles``)
   the flow lives on the ``(n - 1) d`` centre-of-mass-free coordinates
   (:class:`~boltzflow.flows.centre_of_mass.CentreOfMassFree`), its samples have zero centre of
-  mass and its density is per unit volume of that subspace;
+  mass and its density is per unit volume of that subspace; particles in the plane are modelled
+  in the frame of their first pair (:class:`~boltzflow.flows.planar_frame.PlanarFrame`), with a
+  uniform orientation, on the same measure;
 * molecular systems (topology present): coupling layers on the internal coordinates of
   :class:`~boltzflow.flows.internal_coordinates.InternalCoordinates` (dihedrals circular, bonds
   and angles linear and normalised on the data), followed by the internal → Cartesian map. The
@@ -41,6 +43,8 @@ from .coupling import AffineCoupling, SplineCoupling, alternating_masks
 from .distributions import BaseDistribution, FlowDistribution
 from .centre_of_mass import CentreOfMassFree
 from .internal_coordinates import InternalCoordinates
+from .planar_frame import OnFeatures, PlanarFrame
+from .rigid.model import KIND as RIGID_KIND, build_rigid_flow, rigid_config_mismatch, rigid_flow_from_config
 
 _FORMAT = "boltzflow-flow-model"
 _FORMAT_VERSION = 2
@@ -99,6 +103,8 @@ def _couplings(
 
 def _from_config(config: dict[str, Any], topology: Any) -> FlowDistribution:
     """The (untrained, unfitted) flow described by ``config``."""
+    if config["kind"] == RIGID_KIND:
+        return rigid_flow_from_config(config)
     dim = config["dim"]
     if config["molecular"]:
         ic = InternalCoordinates.from_topology(topology)
@@ -107,6 +113,18 @@ def _from_config(config: dict[str, Any], topology: Any) -> FlowDistribution:
         circular = ic.circular.clone()
         last: Bijection = ic
         latent_dim = ic.dim
+    elif config.get("frame") == "planar":
+        # 2D particles: couplings and standardisation on the shape features, the orientation θ uniform
+        n_particles = config["particles"][0]
+        frame = PlanarFrame(n_particles)
+        shape = _couplings(
+            frame.dim - 1, torch.zeros(frame.dim - 1, dtype=torch.bool), config["kind"], config["n_layers"],
+            config["hidden"], config["num_bins"], config["tail_bound"],
+        )
+        inner = Compose(*shape, Standardize(frame.dim - 1))
+        circular = torch.arange(frame.dim) == 0
+        bijection = Compose(OnFeatures(inner, range(1, frame.dim), frame.dim), frame)
+        return FlowDistribution(BaseDistribution(frame.dim, circular), bijection).double()
     else:
         particles = config.get("particles")
         centre = None if particles is None else CentreOfMassFree(*particles)
@@ -139,6 +157,7 @@ def build_flow(
     tail_bound: float = 5.0,
     data: SampleSet | np.ndarray | torch.Tensor | None = None,
     max_linear_std: float | None = 0.6,
+    planar_frame: bool | None = None,
 ) -> FlowDistribution:
     """A flow ``q(x)`` on the configuration space of ``system`` (float64, identity couplings at start).
 
@@ -146,6 +165,9 @@ def build_flow(
     ----------
     system : System
         Target; its ``topology`` decides between a flow on ``R^D`` and one on internal coordinates.
+        A rigid-body system (``system.rigid_bodies``) gets a flow on positions and quaternions
+        (:func:`~boltzflow.flows.rigid.build_rigid_flow`, with ``n_layers``, ``num_bins`` and
+        ``hidden``; it needs no data-fitted normalisation, so ``data`` is not used).
     kind : {"spline", "affine"}
         Coupling type: rational-quadratic splines, or RealNVP affine (toy systems only).
     n_layers : int
@@ -165,12 +187,22 @@ def build_flow(
         Molecules: dihedrals whose circular spread over ``data`` is below this (rad) are modelled
         as linear features (see :meth:`InternalCoordinates.fit_normalization`); ``None`` keeps
         all dihedrals circular.
+    planar_frame : bool or None
+        Particles in 2D (``system.particles`` with ``d = 2``): model the configurations in the frame
+        of the first pair (:class:`~boltzflow.flows.planar_frame.PlanarFrame`: the rigid motions are
+        taken out, the orientation is exactly uniform). ``None`` (default) uses it for 2D systems
+        of at least 3 particles.
 
     Returns
     -------
     FlowDistribution
         Its ``config`` attribute holds the constructor arguments (for :func:`save_model`).
     """
+    if system.rigid_bodies is not None:  # rigid molecules: a flow on positions and quaternions
+        if kind != "spline":
+            raise ValueError(f"rigid-body systems use spline flows on S³ and the box torus, not kind='{kind}'")
+        return build_rigid_flow(system.rigid_bodies, n_layers=n_layers, num_bins=num_bins, hidden=tuple(hidden),
+                                molecular=system.topology is not None)
     config = {
         "kind": kind, "n_layers": int(n_layers), "hidden": [int(h) for h in hidden], "num_bins": int(num_bins),
         "tail_bound": float(tail_bound), "dim": system.dim, "molecular": system.topology is not None,
@@ -189,9 +221,19 @@ def build_flow(
     else:
         if system.particles is not None:  # translation invariant: model the centred configurations only
             config["particles"] = [int(v) for v in system.particles]
+            if planar_frame is None:
+                planar_frame = system.particles[1] == 2 and system.particles[0] >= 3
+            if planar_frame:
+                config["frame"] = "planar"
+        elif planar_frame:
+            raise ValueError(f"planar_frame needs a particle system; '{system.name}' has no particles")
         flow = _from_config(config, system.topology)
         last = flow.bijection.layers[-1]
-        if x is not None:
+        if config.get("frame") == "planar":
+            if x is not None:  # standardise the shape features (all but the orientation θ)
+                shape = last.inverse(x)[0][:, 1:]
+                flow.bijection.layers[0].bijection.layers[-1].fit(shape)
+        elif x is not None:
             if isinstance(last, Compose):  # Standardize, then the centre-of-mass-free embedding
                 last.layers[0].fit(last.layers[1].inverse(x)[0])
             else:
@@ -296,6 +338,9 @@ def load_model(path: str | Path, system: System) -> FlowDistribution:
             f"model {path} was trained for a {'molecular' if config.get('molecular') else 'toy'} system of "
             f"dimension {config.get('dim')}, not for '{system.name}' (dimension {system.dim})"
         )
+    if (config.get("kind") == RIGID_KIND) != (system.rigid_bodies is not None) or (
+            system.rigid_bodies is not None and rigid_config_mismatch(config, system.rigid_bodies)):
+        raise ModelFileError(f"model {path} does not match the rigid-body structure of '{system.name}'")
     flow = _from_config(config, system.topology)
     try:
         flow.load_state_dict(payload["state_dict"])

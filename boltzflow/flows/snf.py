@@ -31,8 +31,13 @@ Failures follow :class:`~boltzflow.energy.base.Energy`: a non-finite intermediat
 ``+inf`` with a zero gradient (the Langevin drift is then zero there, a Metropolis move into it is
 rejected, a move out of it has ``ΔS = −inf``), a non-finite final energy gives ``log w = −inf``.
 
+Ready-made SNFs for toy systems come from :func:`build_snf` (spline or affine couplings on ``R^D``
+interleaved with Langevin or Metropolis blocks on a λ schedule ``1/K, 2/K, …, 1``); such an SNF is
+saved and loaded with :func:`save_snf` / :func:`load_snf` (versioned file: the builder's
+configuration plus the exact float64 state dict; the target energy is the system's, given at load).
+
 Training (:func:`train_snf`) minimises the reverse KL ``E[−log w]`` with reparameterised Langevin
-noise. The Metropolis accept/reject decision is not differentiated (gradients flow through the
+noise, with atomic checkpoints that a rerun resumes. The Metropolis accept/reject decision is not differentiated (gradients flow through the
 chosen state and ``ΔS``). The Langevin drift is differentiated through ``∇u_λ`` by double
 backpropagation: exact for the reference term and for twice-differentiable torch targets; an
 :class:`~boltzflow.energy.base.Energy` backend's autograd bridge returns forces as constants, so
@@ -41,19 +46,34 @@ for it the Hessian term is left out of the training gradient (weights stay exact
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
-
 import math
+import pickle
+import struct
+import time
+import zipfile
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from pathlib import Path
+from typing import Any, NamedTuple
 
+import numpy as np
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
+from ..io import atomic_write
+from ..systems.system import System
 from .base import Bijection
+from .coupling import AffineCoupling, SplineCoupling, alternating_masks
 from .distributions import BaseDistribution
-from .training import cut_energy
+from .models import _FORMAT as _FLOW_FORMAT
+from .models import KINDS, ModelFileError
+from .training import _load_checkpoint, _save_checkpoint, cut_energy
+
+_FORMAT = "boltzflow-snf-model"
+_FORMAT_VERSION = 1
+BLOCKS = ("metropolis", "langevin")
 
 TorchEnergy = Callable[[torch.Tensor], torch.Tensor]
 """A reduced energy ``x (B, D) -> u (B,)`` differentiable in torch (an ``Energy`` qualifies)."""
@@ -411,6 +431,9 @@ def train_snf(
     clip_norm: float = 10.0,
     u_high: float = 1e3,
     u_max: float = 1e9,
+    progress: bool = True,
+    checkpoint: str | Path | None = None,
+    checkpoint_seconds: float = 60.0,
 ) -> SNFTrainingHistory:
     """Train an SNF end to end by reverse KL ``E[−log w]`` with Adam.
 
@@ -430,25 +453,56 @@ def train_snf(
         Gradient-norm clipping.
     u_high, u_max : float
         Loss-only energy cut (:func:`~boltzflow.flows.training.cut_energy`).
+    progress : bool
+        Show a progress bar with the loss and the batch's relative ESS.
+    checkpoint : path, optional
+        Training checkpoint (SNF parameters, optimiser, iteration, random state, history), written
+        atomically every ``checkpoint_seconds`` and at the end; an existing checkpoint of the same
+        run is resumed, and the resumed run continues exactly as an uninterrupted one would. The
+        caller deletes it once the model is saved.
+    checkpoint_seconds : float
+        Wall-clock seconds between checkpoints.
 
     Returns
     -------
     SNFTrainingHistory
+        The whole run's history (a resumed run includes the iterations done before).
 
     Raises
     ------
     ValueError
-        If the SNF has no trainable parameters.
+        If the SNF has no trainable parameters or the settings are invalid.
+    boltzflow.flows.training.TrainingCheckpointError
+        If the checkpoint is corrupted or belongs to a different run.
     """
     params = [p for p in snf.parameters() if p.requires_grad]
     if not params:
         raise ValueError("the SNF has no trainable parameters (add flow layers)")
+    if n_iterations < 0 or batch_size < 1:
+        raise ValueError("n_iterations must be >= 0 and batch_size >= 1")
     optimizer = torch.optim.Adam(params, lr=lr)
     device = params[0].device
     generator = torch.Generator(device=device).manual_seed(seed)
     history = SNFTrainingHistory()
+    run = {
+        "model": "snf", "config": getattr(snf, "config", None), "dim": snf.dim,
+        "parameters": [[name, list(value.shape)] for name, value in snf.state_dict().items()],
+        "n_iterations": n_iterations,
+        "batch_size": batch_size, "lr": lr, "seed": seed, "clip_norm": clip_norm, "u_high": u_high, "u_max": u_max,
+    }
+    path = None if checkpoint is None else Path(checkpoint)
+    start = 0
+    saved = None if path is None else _load_checkpoint(path, run, str(device))
+    if saved is not None:
+        snf.load_state_dict(saved["flow"])
+        optimizer.load_state_dict(saved["optimizer"])
+        generator.set_state(saved["rng"].cpu())
+        history = SNFTrainingHistory(**saved["history"])
+        start = saved["iteration"]
+    last_save = time.monotonic()
+    bar = tqdm(total=n_iterations, initial=start, desc="train snf", disable=not progress, unit="it")
     snf.train()
-    for _ in range(n_iterations):
+    for iteration in range(start, n_iterations):
         loss, log_w, n_dropped = snf_loss(snf, batch_size, generator, u_high, u_max)
         optimizer.zero_grad()
         if loss.requires_grad and torch.isfinite(loss):
@@ -458,11 +512,197 @@ def train_snf(
         history.loss.append(float(loss.detach()))
         history.relative_ess.append(_relative_ess(log_w))
         history.n_dropped.append(n_dropped)
+        bar.update(1)
+        if iteration % 10 == 0 or iteration == n_iterations - 1:
+            bar.set_postfix(loss=f"{history.loss[-1]:.3f}", ess=f"{history.relative_ess[-1]:.2f}")
+        done = iteration + 1
+        if path is not None and (done == n_iterations or time.monotonic() - last_save >= checkpoint_seconds):
+            _save_checkpoint(path, run, done, snf, optimizer, None, generator, history, None)
+            last_save = time.monotonic()
+    bar.close()
     snf.eval()
     return history
 
 
+def _stages(n_layers: int, n_blocks: int) -> list[int]:
+    """Coupling layers before each stochastic block (the last group follows the last block)."""
+    if n_blocks == 0:
+        return [n_layers]
+    return [len(part) for part in np.array_split(np.arange(n_layers), n_blocks)]
+
+
+def build_snf(
+    system: System,
+    kind: str = "spline",
+    n_layers: int = 4,
+    n_blocks: int = 2,
+    block: str = "metropolis",
+    n_steps: int = 10,
+    step_size: float = 0.01,
+    proposal_scale: float = 0.3,
+    hidden: Sequence[int] = (64, 64),
+    num_bins: int = 8,
+    tail_bound: float = 5.0,
+) -> SNF:
+    """An SNF for a toy system on ``R^D``: coupling layers interleaved with stochastic blocks.
+
+    The ``n_layers`` couplings (alternating masks, identity at start) are split into ``n_blocks``
+    groups as evenly as possible; after group ``k`` comes a stochastic block on ``u_λ`` with
+    ``λ_k = k / n_blocks`` (``k = 1 … n_blocks``), so the last block samples the target itself.
+    With ``n_blocks = 0`` it is a plain normalizing flow with the same layers (trained and sampled
+    the same way: the deterministic baseline of an SNF). Base ``N(0, I)``, reference energy
+    ``½‖x‖²``, float64.
+
+    Parameters
+    ----------
+    system : System
+        Target (toy system without topology or particle symmetry); its energy is ``u_X``.
+    kind : {"spline", "affine"}
+        Coupling type.
+    n_layers : int
+        Number of coupling layers.
+    n_blocks : int
+        Number of stochastic blocks (``0``: none).
+    block : {"metropolis", "langevin"}
+        Block type: random-walk Metropolis (``proposal_scale``) or overdamped Langevin (``step_size``).
+    n_steps : int
+        Steps per block.
+    step_size : float
+        Langevin step ``ε``.
+    proposal_scale : float
+        Metropolis proposal standard deviation.
+    hidden : sequence of int
+        Hidden widths of each conditioner.
+    num_bins : int
+        Spline bins.
+    tail_bound : float
+        Half-width of the spline interval.
+
+    Returns
+    -------
+    SNF
+        With a ``config`` attribute (the arguments, for :func:`save_snf`).
+
+    Raises
+    ------
+    ValueError
+        For a molecular or particle system, fewer than 2 dimensions, or invalid settings.
+    """
+    if system.topology is not None or system.particles is not None:
+        raise ValueError(
+            f"build_snf makes SNFs for toy systems on R^D; '{system.name}' is a molecular or particle system"
+        )
+    if kind not in KINDS:
+        raise ValueError(f"unknown coupling kind '{kind}'; choose one of {', '.join(KINDS)}")
+    if block not in BLOCKS:
+        raise ValueError(f"unknown SNF block '{block}'; choose one of {', '.join(BLOCKS)}")
+    if n_layers < 1 or n_blocks < 0:
+        raise ValueError(f"need n_layers >= 1 and n_blocks >= 0, got {n_layers} and {n_blocks}")
+    config = {
+        "dim": system.dim, "kind": kind, "n_layers": int(n_layers), "n_blocks": int(n_blocks), "block": block,
+        "n_steps": int(n_steps), "step_size": float(step_size), "proposal_scale": float(proposal_scale),
+        "hidden": [int(h) for h in hidden], "num_bins": int(num_bins), "tail_bound": float(tail_bound),
+    }
+    masks = iter(alternating_masks(system.dim, n_layers))
+    layers: list[Bijection | StochasticBlock] = []
+    for k, size in enumerate(_stages(n_layers, n_blocks), start=1):
+        for _ in range(size):
+            mask = next(masks)
+            if kind == "affine":
+                layers.append(AffineCoupling(mask, hidden=hidden))
+            else:
+                layers.append(SplineCoupling(mask, num_bins=num_bins, hidden=hidden, tail_bound=tail_bound))
+        if k <= n_blocks:
+            lam = k / n_blocks
+            if block == "metropolis":
+                layers.append(MetropolisBlock(lam, proposal_scale, n_steps))
+            else:
+                layers.append(LangevinBlock(lam, step_size, n_steps))
+    snf = SNF(BaseDistribution(system.dim), layers, system.energy).double()
+    snf.config = config
+    return snf
+
+
+def save_snf(snf: SNF, path: str | Path, metadata: dict[str, Any] | None = None) -> Path:
+    """Write an SNF made by :func:`build_snf` (configuration + exact state dict) atomically.
+
+    Parameters
+    ----------
+    snf : SNF
+        From :func:`build_snf` or :func:`load_snf`.
+    path : path
+        Output file (conventionally ``snf.pt``); parent folders are created.
+    metadata : dict, optional
+        JSON-like information (system, training settings), returned by :func:`load_snf` as
+        ``snf.metadata``.
+
+    Returns
+    -------
+    Path
+    """
+    if not hasattr(snf, "config"):
+        raise ValueError("only SNFs made by build_snf/load_snf can be saved (they carry a config)")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "format": _FORMAT, "version": _FORMAT_VERSION, "config": snf.config, "metadata": dict(metadata or {}),
+        "state_dict": {k: v.detach().cpu() for k, v in snf.state_dict().items()},
+    }
+    atomic_write(path, lambda f: torch.save(payload, f))
+    return path
+
+
+def load_snf(path: str | Path, system: System) -> SNF:
+    """Rebuild an SNF saved by :func:`save_snf`, with ``system.energy`` as its target.
+
+    Parameters
+    ----------
+    path : path
+        Model file.
+    system : System
+        The system it was trained for.
+
+    Returns
+    -------
+    SNF
+        With ``config`` and ``metadata`` attributes; in eval mode.
+
+    Raises
+    ------
+    ModelFileError
+        If the file is missing, corrupted or truncated, not an SNF file (a flow model is named as
+        such), of another format version, or made for a system of another dimension.
+    """
+    path = Path(path)
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise ModelFileError(f"SNF file {path} does not exist") from None
+    except (RuntimeError, OSError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError,
+            struct.error) as err:
+        raise ModelFileError(f"SNF file {path} is corrupted or not a torch file ({err})") from None
+    kind = payload.get("format") if isinstance(payload, dict) else None
+    if kind == _FLOW_FORMAT:
+        raise ModelFileError(f"{path} is a normalizing-flow model, not an SNF: sample it with the 'flow' sampler")
+    if kind != _FORMAT:
+        raise ModelFileError(f"{path} is not a boltzflow SNF file")
+    if payload.get("version") != _FORMAT_VERSION:
+        raise ModelFileError(f"SNF file {path} has format version {payload.get('version')}, expected {_FORMAT_VERSION}")
+    config = dict(payload.get("config") or {})
+    dim = config.pop("dim", None)
+    if dim != system.dim:
+        raise ModelFileError(f"SNF {path} was trained for dimension {dim}, not for '{system.name}' (dimension {system.dim})")
+    try:
+        snf = build_snf(system, **config)
+        snf.load_state_dict(payload["state_dict"])
+    except (TypeError, ValueError, RuntimeError, KeyError) as err:
+        raise ModelFileError(f"SNF file {path} does not match its configuration: {err}") from None
+    snf.metadata = payload.get("metadata", {})
+    snf.eval()
+    return snf
+
+
 __all__ = [
-    "SNF", "InterpolatedEnergy", "LangevinBlock", "MetropolisBlock", "SNFOutput", "SNFTrainingHistory",
-    "StochasticBlock", "snf_loss", "standard_normal_energy", "train_snf",
+    "BLOCKS", "SNF", "InterpolatedEnergy", "LangevinBlock", "MetropolisBlock", "SNFOutput", "SNFTrainingHistory",
+    "StochasticBlock", "build_snf", "load_snf", "save_snf", "snf_loss", "standard_normal_energy", "train_snf",
 ]

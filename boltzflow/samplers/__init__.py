@@ -14,6 +14,8 @@ from ..systems.system import System
 from .adaptive import sample_adaptive
 from .flow import sample_flow
 from .flow_mcmc import sample_imh, sample_isir
+from .flow_perturbation import sample_cnf_exact, sample_cnf_hutchinson, sample_fp, sample_fp_is
+from .flow_perturbation_smc import sample_fp_smc
 from .hmc import sample_hmc
 from .mala import sample_mala
 from .neutra import sample_neutra
@@ -43,6 +45,11 @@ SAMPLERS: dict[str, Callable[..., SampleSet]] = {
     "neutra": sample_neutra,
     "adaptive": sample_adaptive,
     "snf": sample_snf,
+    "cnf-exact": sample_cnf_exact,
+    "cnf-hutchinson": sample_cnf_hutchinson,
+    "fp": sample_fp,
+    "fp-is": sample_fp_is,
+    "fp-smc": sample_fp_smc,
 }
 
 

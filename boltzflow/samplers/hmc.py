@@ -11,6 +11,7 @@ space.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +21,11 @@ from tqdm.auto import tqdm
 from ..samples import SampleSet
 from ..systems.system import System
 from .checkpoint import Checkpoint, restore_stored
-from .local_kernels import DualAveraging, Potential, hmc_step, target_potential
+from .local_kernels import DualAveraging, LocalMove, Potential, hmc_step, target_potential
 from .metadata import run_metadata
+
+Kernel = Callable[[Potential, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.random.Generator], LocalMove]
+"""``(potential, x, u, g, h, rng) -> LocalMove``: one batched Metropolis step with step sizes ``h``."""
 
 
 def run_hmc_chains(
@@ -38,6 +42,7 @@ def run_hmc_chains(
     progress: bool,
     ckpt: Checkpoint,
     desc: str,
+    kernel: Kernel | None = None,
 ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """Run batched HMC chains on ``potential`` from ``start`` and store every ``thin``-th state.
 
@@ -63,6 +68,10 @@ def run_hmc_chains(
         Checkpoint of the run (resumed if it exists).
     desc : str
         Progress-bar label.
+    kernel : callable, optional
+        ``kernel(potential, x, u, g, h, rng) -> LocalMove``, one step of every chain leaving
+        ``exp(−potential)`` invariant (e.g. the periodic moves of :mod:`.neutra`); default the HMC
+        step with ``n_leapfrog`` and ``jitter``.
 
     Returns
     -------
@@ -108,7 +117,10 @@ def run_hmc_chains(
 
     bar = tqdm(total=total, initial=step, desc=desc, disable=not progress, unit="step")
     while step < total:
-        move = hmc_step(potential, x, u, g, h, n_leapfrog, rng, jitter)
+        if kernel is None:
+            move = hmc_step(potential, x, u, g, h, n_leapfrog, rng, jitter)
+        else:
+            move = kernel(potential, x, u, g, h, rng)
         x, u, g = move.x, move.u, move.g
         step += 1
         if step <= warmup:

@@ -173,10 +173,63 @@ def build_python(folder: Path, definition: dict[str, Any], **options: Any) -> Sy
     return system
 
 
+def build_gaussian_mixture(folder: Path, definition: dict[str, Any], **options: Any) -> System:
+    """Mixture of isotropic Gaussians in ``dim`` dimensions (exact answers: mode fractions, Z = 1 at kT = 1).
+
+    Parameters (``[parameters]``): ``weights`` (K positive numbers, normalised: ``[1, 3]`` is 1:3),
+    ``sigmas`` (K standard deviations), ``means`` (K lists of leading coordinates, padded with zeros
+    to ``dim``: ``[[-4.0], [4.0]]`` puts the modes at ``x0 = ∓4``). The default start is the mean of
+    the heaviest component.
+    """
+    from ..energy.gaussian_mixture import GaussianMixtureEnergy
+
+    _check_options("gaussian_mixture", options, set())
+    if "dim" not in definition:
+        raise ValueError(f"system '{definition['name']}': a gaussian_mixture system needs 'dim'")
+    dim = int(definition["dim"])
+    p = _parameters(definition, {"weights": [1.0, 3.0], "sigmas": [1.0, 1.0], "means": [[-4.0], [4.0]]})
+    means = np.zeros((len(p["means"]), dim))
+    for k, leading in enumerate(p["means"]):
+        leading = np.atleast_1d(np.asarray(leading, dtype=np.float64))
+        if leading.size > dim:
+            raise ValueError(f"system '{definition['name']}': mean {k} has {leading.size} coordinates for dim={dim}")
+        means[k, : leading.size] = leading
+    energy = GaussianMixtureEnergy(means, p["sigmas"], p["weights"], kT=float(definition["temperature"]))
+    return _finish(folder, definition, energy, means[int(np.argmax(energy.weights))], n_dims=1)
+
+
+def build_tetrahedron_field(folder: Path, definition: dict[str, Any], **options: Any) -> System:
+    """A rigid tetrahedron, centre fixed at the origin, in a cubic external field (numba kernel).
+
+    Parameters (``[parameters]``): ``kappa`` (kJ mol⁻¹ nm⁻³), ``charges`` (4 site weights),
+    ``bond`` (nm), ``rigidity`` (kJ mol⁻¹ nm⁻²); see :mod:`boltzflow.energy.tetrahedron_field`.
+    The start has vertex 0 pointing up (+y). Besides the declared observables, ``up0`` … ``up3``
+    (1 where that vertex is the highest, else 0) are defined, so ``⟨up_i⟩`` is the weight of the
+    mode "vertex i up"; states may use them (e.g. ``A = "up0 > 0.5"``).
+    """
+    from functools import partial
+
+    from ..energy.tetrahedron_field import TetrahedronFieldEnergy, vertex_up, vertex_up_rotation
+    from ..flows.rigid.rigid_coordinates import RigidBodySpec
+
+    _check_options("tetrahedron_field", options, set())
+    p = _parameters(definition, {"kappa": 2.0e4, "charges": [1.0, 1.0, 1.0, 1.0], "bond": 0.109, "rigidity": 1.0e5})
+    energy = TetrahedronFieldEnergy(p["kappa"], p["charges"], bond=p["bond"],
+                                    temperature=float(definition["temperature"]), rigidity=p["rigidity"])
+    x0 = (energy.reference @ vertex_up_rotation(energy.reference[0]).T).reshape(-1)
+    spec = RigidBodySpec(energy.reference, np.zeros((1, 3)))
+    system = _finish(folder, {**definition, "states": {}}, energy, x0, n_dims=3, rigid_bodies=spec)
+    system.observables.update({f"up{i}": partial(vertex_up, vertex=i) for i in range(4)})
+    system.states = {name: State(expr, system.observables) for name, expr in definition.get("states", {}).items()}
+    return system
+
+
 BUILDERS: dict[str, Callable[..., System]] = {
     "double_well": build_double_well,
     "multi_double_well": build_multi_double_well,
     "lennard_jones": build_lennard_jones,
     "openmm": build_openmm,
     "python": build_python,
+    "tetrahedron_field": build_tetrahedron_field,
+    "gaussian_mixture": build_gaussian_mixture,
 }

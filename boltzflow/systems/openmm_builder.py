@@ -7,6 +7,13 @@ A molecular system folder holds a PDB structure and a ``system.toml`` naming the
     nonbonded_method = "NoCutoff"   # default
     constraints = "none"            # default; flows need every atom free
     rigid_water = false             # default
+    implicit_solvent = "obc2"       # optional: OBC2 as a native GBSAOBCForce (see below)
+
+``implicit_solvent = "obc2"`` adds OBC2 generalized Born solvation (Amber igb=5: mbondii radii and
+HCT scale factors from OpenMM's ``GBSAOBC2Force.getStandardParameters``, solvent dielectric 78.5,
+ACE surface term) as OpenMM's built-in ``GBSAOBCForce``. The energy equals that of the force field
+file ``implicit/obc2.xml``, which implements the same model as a ``CustomGBForce`` several times
+slower; use it with a force field list that has no implicit solvent file.
 
 Positions are in nm, energies in kJ/mol (OpenMM's units).
 """
@@ -41,6 +48,39 @@ CONSTRAINTS: dict[str, Any] = {
 """``constraints`` values accepted in ``system.toml``."""
 
 
+def add_obc2(system: openmm.System, topology: app.Topology) -> None:
+    """Add OBC2 implicit solvent to ``system`` as a ``GBSAOBCForce`` (no cutoff).
+
+    Charges come from the system's NonbondedForce; radii and scale factors are the ones
+    ``implicit/obc2.xml`` uses (``GBSAOBC2Force.getStandardParameters``).
+
+    Raises
+    ------
+    ValueError
+        If the system already has a generalized Born force or not exactly one NonbondedForce.
+    """
+    from openmm.app.internal.customgbforces import GBSAOBC2Force
+
+    forces = system.getForces()
+    if any(isinstance(f, (openmm.GBSAOBCForce, openmm.CustomGBForce)) for f in forces):
+        raise ValueError("the force field already has implicit solvent; drop it or drop implicit_solvent")
+    nonbonded = [f for f in forces if isinstance(f, openmm.NonbondedForce)]
+    if len(nonbonded) != 1:
+        raise ValueError(f"implicit solvent needs exactly one NonbondedForce, the system has {len(nonbonded)}")
+    gb = openmm.GBSAOBCForce()
+    gb.setNonbondedMethod(openmm.GBSAOBCForce.NoCutoff)
+    gb.setSolventDielectric(78.5)
+    gb.setSoluteDielectric(1.0)
+    for i, (radius, scale) in enumerate(GBSAOBC2Force.getStandardParameters(topology)):
+        charge = nonbonded[0].getParticleParameters(i)[0]
+        gb.addParticle(charge, radius, scale)
+    system.addForce(gb)
+
+
+IMPLICIT_SOLVENTS: dict[str, Any] = {"obc2": add_obc2}
+"""``implicit_solvent`` values accepted in ``system.toml``."""
+
+
 def build_openmm_system(folder: Path, definition: dict) -> tuple[openmm.System, mdtraj.Topology, np.ndarray]:
     """Create the OpenMM system, topology and positions of a molecular system folder.
 
@@ -52,7 +92,7 @@ def build_openmm_system(folder: Path, definition: dict) -> tuple[openmm.System, 
         Parsed ``system.toml`` with keys ``structure`` (PDB file name), ``forcefield`` (list of
         OpenMM force field XML names), and optionally ``nonbonded_method`` (``"NoCutoff"``),
         ``nonbonded_cutoff`` (nm, for cutoff methods), ``constraints`` (``"none"``) and
-        ``rigid_water`` (``false``).
+        ``rigid_water`` (``false``) and ``implicit_solvent`` (none; ``"obc2"``).
 
     Returns
     -------
@@ -70,7 +110,9 @@ def build_openmm_system(folder: Path, definition: dict) -> tuple[openmm.System, 
     KeyError
         If ``structure`` or ``forcefield`` is missing from ``definition``.
     ValueError
-        For an unknown ``nonbonded_method`` or ``constraints`` value, or an empty force field list.
+        For an unknown ``nonbonded_method``, ``constraints`` or ``implicit_solvent`` value, an
+        empty force field list, or ``implicit_solvent`` with a cutoff method or with a force field
+        that already has implicit solvent.
     """
     folder = Path(folder)
     for key in ("structure", "forcefield"):
@@ -103,8 +145,16 @@ def build_openmm_system(folder: Path, definition: dict) -> tuple[openmm.System, 
     if "nonbonded_cutoff" in definition:
         options["nonbondedCutoff"] = float(definition["nonbonded_cutoff"]) * unit.nanometer
 
+    implicit = definition.get("implicit_solvent")
+    if implicit is not None and implicit not in IMPLICIT_SOLVENTS:
+        raise ValueError(f"unknown implicit_solvent '{implicit}'; expected one of {sorted(IMPLICIT_SOLVENTS)}")
+    if implicit is not None and method_name != "NoCutoff":
+        raise ValueError(f"implicit_solvent '{implicit}' is implemented for nonbonded_method 'NoCutoff' only")
+
     pdb = app.PDBFile(str(structure))
     forcefield = app.ForceField(*forcefield_files)
     system = forcefield.createSystem(pdb.topology, **options)
+    if implicit is not None:
+        IMPLICIT_SOLVENTS[implicit](system, pdb.topology)
     positions = np.asarray(pdb.getPositions(asNumpy=True).value_in_unit(unit.nanometer), dtype=np.float64)
     return system, mdtraj.Topology.from_openmm(pdb.topology), positions

@@ -47,6 +47,10 @@ class System:
         ``(n_particles, n_dims)`` for systems of point particles whose energy depends only on
         relative positions (DW4, LJ clusters): translating every particle leaves it unchanged, so
         the centre of mass is a free direction that a density model must leave out.
+    rigid_bodies : RigidBodySpec or None
+        For systems of rigid molecules (:class:`boltzflow.flows.rigid.RigidBodySpec`): the
+        molecules' geometry, centres and box. Their configurations are the sites' Cartesian
+        coordinates, and flows for them live on positions and orientations (``build_flow``).
     """
 
     name: str
@@ -62,6 +66,7 @@ class System:
     description: str = ""
     source: Path | None = None
     particles: tuple[int, int] | None = None
+    rigid_bodies: Any = None
 
     def __post_init__(self) -> None:
         if not self.temperature > 0:
