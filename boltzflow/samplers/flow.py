@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from ..flows.distributions import FlowDistribution
 from ..flows.models import load_model
@@ -20,7 +19,7 @@ from ..reference_data import shipped_model
 from ..samples import SampleSet
 from ..systems.registry import is_builtin
 from ..systems.system import System
-from .checkpoint import Checkpoint
+from .importance_draws import draw_in_batches
 from .metadata import run_metadata
 
 
@@ -108,47 +107,21 @@ def sample_flow(
         finite get ``−inf`` log-weight too and are counted in ``metadata["n_invalid_log_q"]``.
     """
     flow, model_name = resolve_model(system, model)
-    if n < 1 or batch_size < 1:
-        raise ValueError("n and batch_size must be >= 1")
-    ckpt = Checkpoint(
-        checkpoint,
-        run={"system": system.name, "sampler": "flow", "n": n, "seed": seed, "batch_size": batch_size,
-             "model": model_name},
-        every_seconds=checkpoint_seconds,
-    )
-    x = np.empty((n, system.dim))
-    log_q = np.empty(n)
-    energies = np.empty(n)
-    done = 0
-    resumed = ckpt.load()
-    if resumed is not None:
-        arrays, info = resumed
-        done = info["done"]
-        x[:done], log_q[:done], energies[:done] = arrays["x"], arrays["log_q"], arrays["energies"]
     flow.eval()
     device = next(flow.buffers()).device
-    bar = tqdm(total=n, initial=done, desc=f"flow {system.name}", disable=not progress, unit="sample")
-    while done < n:
-        size = min(batch_size, n - done)
-        with torch.no_grad():
-            xb, lqb = flow.sample(size, _batch_generator(seed, done // batch_size, device))
-        rows = slice(done, done + size)
-        x[rows] = xb.cpu().to(torch.float64).numpy()
-        log_q[rows] = lqb.cpu().to(torch.float64).numpy()
-        energies[rows] = system.energy.evaluate(x[rows], need_gradient=False).energy
-        done += size
-        bar.update(size)
-        if ckpt.due() or (done == n and ckpt.path is not None):
-            ckpt.save({"x": x[:done], "log_q": log_q[:done], "energies": energies[:done]}, {"done": done})
-    bar.close()
 
-    valid_q = np.isfinite(log_q)
-    with np.errstate(invalid="ignore"):
-        log_weights = np.where(valid_q & np.isfinite(energies), -energies - log_q, -np.inf)
+    def draw(batch: int, size: int) -> tuple[np.ndarray, np.ndarray, None]:
+        with torch.no_grad():
+            xb, lqb = flow.sample(size, _batch_generator(seed, batch, device))
+        return xb.cpu().to(torch.float64).numpy(), lqb.cpu().to(torch.float64).numpy(), None
+
+    draws = draw_in_batches(system, n, seed, "flow", model_name, draw, batch_size, progress, checkpoint,
+                            checkpoint_seconds)
+    valid_q = np.isfinite(draws.log_proposal)
     return SampleSet(
-        x=x,
-        energies=energies,
-        log_weights=log_weights,
+        x=draws.x,
+        energies=draws.energies,
+        log_weights=draws.log_weights(valid_q),
         metadata=run_metadata(
             system, "flow", seed, correlated=False, normalized_proposal=True,
             model=model_name,

@@ -39,6 +39,7 @@ from ..systems.system import System
 from .checkpoint import Checkpoint, restore_stored
 from .flow import _batch_generator
 from .hmc import chain_columns
+from .importance_draws import draw_in_batches
 from .metadata import run_metadata
 
 # ODE passes (each n_steps RK4 steps) per weight, the unit of the cost comparisons
@@ -160,36 +161,11 @@ def _importance(
 
     ``draw(batch_index, size) -> (x, log_proposal, energies or None)`` (``None``: evaluated here).
     """
-    if n < 1 or batch_size < 1:
-        raise ValueError("n and batch_size must be >= 1")
-    ckpt = Checkpoint(checkpoint, run={"system": system.name, "sampler": name, "n": n, "seed": seed,
-                                       "batch_size": batch_size, "model": model_name, **run},
-                      every_seconds=checkpoint_seconds)
-    x = np.empty((n, system.dim))
-    log_p = np.empty(n)
-    energies = np.empty(n)
-    done = 0
-    resumed = ckpt.load()
-    if resumed is not None:
-        arrays, info = resumed
-        done = info["done"]
-        x[:done], log_p[:done], energies[:done] = arrays["x"], arrays["log_proposal"], arrays["energies"]
-    bar = tqdm(total=n, initial=done, desc=f"{name} {system.name}", disable=not progress, unit="sample")
-    while done < n:
-        size = min(batch_size, n - done)
-        rows = slice(done, done + size)
-        x[rows], log_p[rows], u = draw(done // batch_size, size)
-        energies[rows] = system.energy.evaluate(x[rows], need_gradient=False).energy if u is None else u
-        done += size
-        bar.update(size)
-        if ckpt.due() or (done == n and ckpt.path is not None):
-            ckpt.save({"x": x[:done], "log_proposal": log_p[:done], "energies": energies[:done]}, {"done": done})
-    bar.close()
-    valid = np.isfinite(log_p)
-    with np.errstate(invalid="ignore"):
-        log_weights = np.where(valid & np.isfinite(energies), -energies - log_p, -np.inf)
+    draws = draw_in_batches(system, n, seed, name, model_name, draw, batch_size, progress, checkpoint,
+                            checkpoint_seconds, run=run)
+    valid = np.isfinite(draws.log_proposal)
     return SampleSet(
-        x=x, energies=energies, log_weights=log_weights,
+        x=draws.x, energies=draws.energies, log_weights=draws.log_weights(valid),
         metadata=run_metadata(system, name, seed, correlated=False, normalized_proposal=normalized, model=model_name,
                               batch_size=batch_size, n_invalid_log_q=int(np.count_nonzero(~valid)), **extra),
     )

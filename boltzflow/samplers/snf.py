@@ -17,13 +17,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from ..flows.snf import SNF, load_snf
 from ..samples import SampleSet
 from ..systems.system import System
-from .checkpoint import Checkpoint
 from .flow import _batch_generator
+from .importance_draws import draw_in_batches
 from .metadata import run_metadata
 
 
@@ -92,54 +91,23 @@ def sample_snf(
         raise TypeError(f"model must be an SNF file path or a boltzflow.flows.snf.SNF, got {type(model).__name__}")
     if model.dim != system.dim:
         raise ValueError(f"the SNF has dimension {model.dim}, the system {system.dim}")
-    if n < 1 or batch_size < 1:
-        raise ValueError("n and batch_size must be >= 1")
-    ckpt = Checkpoint(
-        checkpoint,
-        run={"system": system.name, "sampler": "snf", "n": n, "seed": seed, "batch_size": batch_size,
-             "model": model_name},
-        every_seconds=checkpoint_seconds,
-    )
-    x = np.empty((n, system.dim))
-    log_q = np.empty(n)
-    energies = np.empty(n)
-    acceptance: list[list[float]] = []
-    done = 0
-    resumed = ckpt.load()
-    if resumed is not None:
-        arrays, info = resumed
-        done = info["done"]
-        x[:done], log_q[:done], energies[:done] = arrays["x"], arrays["log_q"], arrays["energies"]
-        acceptance = arrays["acceptance"].tolist()
     model.eval()
     device = model.base._like.device
-    bar = tqdm(total=n, initial=done, desc=f"snf {system.name}", disable=not progress, unit="sample")
-    while done < n:
-        size = min(batch_size, n - done)
-        with torch.no_grad():
-            xb, lqb = model.sample(size, _batch_generator(seed, done // batch_size, device))
-        acceptance.append(model.acceptance_rates())
-        rows = slice(done, done + size)
-        x[rows] = xb.cpu().to(torch.float64).numpy()
-        log_q[rows] = lqb.cpu().to(torch.float64).numpy()
-        energies[rows] = system.energy.evaluate(x[rows], need_gradient=False).energy
-        done += size
-        bar.update(size)
-        if ckpt.due() or (done == n and ckpt.path is not None):
-            ckpt.save({"x": x[:done], "log_q": log_q[:done], "energies": energies[:done],
-                       "acceptance": np.asarray(acceptance, dtype=float).reshape(len(acceptance), -1)},
-                      {"done": done})
-    bar.close()
 
-    valid = np.isfinite(log_q) & np.isfinite(x).all(axis=1)
-    with np.errstate(invalid="ignore"):
-        log_weights = np.where(valid & np.isfinite(energies), -energies - log_q, -np.inf)
-    log_weights[np.isnan(log_weights)] = -np.inf
-    mc_acceptance = np.mean(np.asarray(acceptance, dtype=float), axis=0).tolist() if acceptance[0] else []
+    def draw(batch: int, size: int) -> tuple[np.ndarray, np.ndarray, None]:
+        with torch.no_grad():
+            xb, lqb = model.sample(size, _batch_generator(seed, batch, device))
+        return xb.cpu().to(torch.float64).numpy(), lqb.cpu().to(torch.float64).numpy(), None
+
+    draws = draw_in_batches(system, n, seed, "snf", model_name, draw, batch_size, progress, checkpoint,
+                            checkpoint_seconds, record=model.acceptance_rates)
+    valid = np.isfinite(draws.log_proposal) & np.isfinite(draws.x).all(axis=1)
+    acceptance = draws.batch_records
+    mc_acceptance = acceptance.mean(axis=0).tolist() if acceptance.shape[1] else []
     return SampleSet(
-        x=x,
-        energies=energies,
-        log_weights=log_weights,
+        x=draws.x,
+        energies=draws.energies,
+        log_weights=draws.log_weights(valid),
         metadata=run_metadata(
             system, "snf", seed, correlated=False, normalized_proposal=True,
             model=model_name,
