@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from ..samples import SampleSet
 from ..systems.system import System
 from .continuous import ContinuousFlow, configurations, rotate_frames
-from .training import _data_sampler, _load_checkpoint, _save_checkpoint
+from .training import _data_sampler, _load_checkpoint, _restore_checkpoint, _save_checkpoint
 
 
 @dataclass
@@ -142,13 +142,8 @@ def train_continuous_flow(
     start = 0
     saved = None if path is None else _load_checkpoint(path, run, device)
     if saved is not None:
-        flow.load_state_dict(saved["flow"])
-        optimizer.load_state_dict(saved["optimizer"])
-        if schedule is not None:
-            schedule.load_state_dict(saved["schedule"])
-        generator.set_state(saved["rng"].cpu())
+        start = _restore_checkpoint(saved, flow, optimizer, schedule, generator)
         history = ContinuousTrainingHistory(**saved["history"])
-        start = saved["iteration"]
     last_save = time.monotonic()
     bar = tqdm(total=n_iterations, initial=start, desc=f"flow matching {system.name}", disable=not progress,
                unit="it")

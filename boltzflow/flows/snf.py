@@ -69,7 +69,7 @@ from .coupling import AffineCoupling, SplineCoupling, alternating_masks
 from .distributions import BaseDistribution
 from .models import _FORMAT as _FLOW_FORMAT
 from .models import KINDS, ModelFileError
-from .training import _load_checkpoint, _save_checkpoint, cut_energy
+from .training import _load_checkpoint, _restore_checkpoint, _save_checkpoint, cut_energy
 
 _FORMAT = "boltzflow-snf-model"
 _FORMAT_VERSION = 1
@@ -494,11 +494,8 @@ def train_snf(
     start = 0
     saved = None if path is None else _load_checkpoint(path, run, str(device))
     if saved is not None:
-        snf.load_state_dict(saved["flow"])
-        optimizer.load_state_dict(saved["optimizer"])
-        generator.set_state(saved["rng"].cpu())
+        start = _restore_checkpoint(saved, snf, optimizer, None, generator)
         history = SNFTrainingHistory(**saved["history"])
-        start = saved["iteration"]
     last_save = time.monotonic()
     bar = tqdm(total=n_iterations, initial=start, desc="train snf", disable=not progress, unit="it")
     snf.train()

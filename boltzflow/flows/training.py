@@ -246,6 +246,19 @@ def _load_checkpoint(path: Path, run: dict[str, Any], device: str) -> dict[str, 
     return payload
 
 
+def _restore_checkpoint(
+    saved: dict[str, Any], module: torch.nn.Module, optimizer: torch.optim.Optimizer,
+    schedule: torch.optim.lr_scheduler.LRScheduler | None, generator: torch.Generator,
+) -> int:
+    """Load a checkpoint's model, optimiser, schedule and random state; return its iteration."""
+    module.load_state_dict(saved["flow"])
+    optimizer.load_state_dict(saved["optimizer"])
+    if schedule is not None:
+        schedule.load_state_dict(saved["schedule"])
+    generator.set_state(saved["rng"].cpu())
+    return saved["iteration"]
+
+
 def train(
     system: System,
     flow: FlowDistribution,
@@ -350,13 +363,8 @@ def train(
     best: dict[str, torch.Tensor] | None = None
     saved = None if path is None else _load_checkpoint(path, run, device)
     if saved is not None:
-        flow.load_state_dict(saved["flow"])
-        optimizer.load_state_dict(saved["optimizer"])
-        if schedule is not None:
-            schedule.load_state_dict(saved["schedule"])
-        generator.set_state(saved["rng"].cpu())
+        start = _restore_checkpoint(saved, flow, optimizer, schedule, generator)
         history = TrainingHistory(**saved["history"])
-        start = saved["iteration"]
         best = saved.get("best")
     last_save = time.monotonic()
     bar = tqdm(total=n_iterations, initial=start, desc=f"train {system.name}", disable=not progress, unit="it")

@@ -80,11 +80,15 @@ def mala_step(
     g: np.ndarray,
     h: np.ndarray,
     rng: np.random.Generator,
+    wrap: Callable[[np.ndarray], np.ndarray] | None = None,
+    log_q: Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray], np.ndarray] | None = None,
 ) -> LocalMove:
     """One Metropolis-adjusted Langevin step of every chain.
 
     Proposal ``y = x − h ∇u(x) + sqrt(2h) ξ``, accepted with the Metropolis–Hastings ratio of the
-    two Gaussian proposal densities.
+    two Gaussian proposal densities. On a space with periodic coordinates, ``wrap`` maps the
+    proposal back into the fundamental domain and ``log_q`` is the matching (wrapped) proposal
+    density.
 
     Parameters
     ----------
@@ -96,17 +100,24 @@ def mala_step(
         ``(B,)`` step sizes.
     rng : np.random.Generator
         Random stream.
+    wrap : callable, optional
+        ``wrap(y)``: proposals into the fundamental domain (default: none).
+    log_q : callable, optional
+        ``log_q(to, frm, grad_frm, h)``: log proposal density up to a constant shared by both
+        directions (default: the Gaussian of ``R^d``).
 
     Returns
     -------
     LocalMove
     """
+    log_q = _mala_log_q if log_q is None else log_q
     noise = rng.standard_normal(x.shape)
     with np.errstate(over="ignore", invalid="ignore"):
         y = x - h[:, None] * g + np.sqrt(2.0 * h)[:, None] * noise
+        y = y if wrap is None else wrap(y)
         u_y, g_y = potential(y)
         failed = ~np.isfinite(u_y)
-        log_alpha = u - u_y + _mala_log_q(x, y, g_y, h) - _mala_log_q(y, x, g, h)
+        log_alpha = u - u_y + log_q(x, y, g_y, h) - log_q(y, x, g, h)
     log_alpha[failed] = -np.inf
     accepted, prob = _metropolis(log_alpha, rng)
     return LocalMove(

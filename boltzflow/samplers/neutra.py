@@ -37,7 +37,7 @@ from ..systems.system import System
 from .checkpoint import Checkpoint
 from .flow import resolve_model
 from .hmc import Kernel, chain_columns, run_hmc_chains
-from .local_kernels import LocalMove, Potential, _metropolis, hmc_step
+from .local_kernels import LocalMove, Potential, hmc_step, mala_step
 from .metadata import run_metadata
 
 KERNELS = ("hmc", "mala")
@@ -184,24 +184,7 @@ class LatentTorus:
         wrapped Gaussian densities (:meth:`mala_log_density`). Proposals of non-finite potential
         are rejected and counted as divergent.
         """
-        noise = rng.standard_normal(z.shape)
-        with np.errstate(over="ignore", invalid="ignore"):
-            y = self.wrap(z - h[:, None] * g + np.sqrt(2.0 * h)[:, None] * noise)
-            u_y, g_y = potential(y)
-            failed = ~np.isfinite(u_y)
-            log_alpha = (
-                u - u_y + self.mala_log_density(z, y, g_y, h) - self.mala_log_density(y, z, g, h)
-            )
-        log_alpha[failed] = -np.inf
-        accepted, prob = _metropolis(log_alpha, rng)
-        return LocalMove(
-            x=np.where(accepted[:, None], y, z),
-            u=np.where(accepted, u_y, u),
-            g=np.where(accepted[:, None], g_y, g),
-            accepted=accepted,
-            accept_prob=prob,
-            n_divergent=int(np.count_nonzero(failed)),
-        )
+        return mala_step(potential, z, u, g, h, rng, wrap=self.wrap, log_q=self.mala_log_density)
 
     def hmc_step(
         self, potential: Potential, z: np.ndarray, u: np.ndarray, g: np.ndarray, h: np.ndarray,
