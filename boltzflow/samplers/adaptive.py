@@ -8,12 +8,32 @@ The run has two clearly separated phases (Gabrié, Rotskoff & Vanden-Eijnden 202
    iteration appends the chain states to a replay buffer (the ``buffer_size`` most recent
    states); every ``train_every`` iterations the flow takes ``train_steps`` Adam steps on
    maximum likelihood (forward KL) of uniform batches from the buffer, plus ``w_kl`` times the
-   reverse KL through the energy's forces. After each training round the cached weights of the
-   current states are recomputed with the new flow. The MALA step sizes adapt (dual averaging)
-   throughout.
+   reverse KL through the energy's forces, plus ``w_reweighted`` times the importance-reweighted
+   maximum likelihood on fresh flow draws (below). After each training round the cached weights
+   of the current states are recomputed with the new flow. The MALA step sizes adapt (dual
+   averaging) throughout.
 2. **Production** (returned). Flow and step sizes are frozen: the chains are exact IMH/i-SIR +
    MALA chains of ``exp(−u)``. The flow's parameter hash is recorded at the start and the end of
    production (``flow_sha256_production_start`` / ``..._end``) as evidence.
+
+**Importance-reweighted maximum likelihood** (``w_reweighted > 0``; mass-covering and
+self-correcting). The buffer holds chain states, and chains switch basins slowly: a basin the
+chains under-visit is under-represented in the buffer, maximum likelihood on the buffer shrinks the
+flow's mass there, the global moves propose it still more rarely, and so on (mode collapse). At the
+start of every training round ``reweighted_batch_size`` fresh draws ``x ~ q`` (no gradient) are
+scored with their true energies, ``log w = −u(x) − log q(x)`` (zero weight where either is not
+finite), and every training step of the round adds ``−w_reweighted · Σ w̄_i log q(x_i)`` with
+self-normalised weights ``w̄``. Its expectation is (up to a constant) the forward KL from the
+Boltzmann distribution to ``q``: it moves the flow's mass of each basin toward its Boltzmann
+share, not the buffer's. Two documented safeguards against weight degeneracy (both bias the term
+toward ``q`` only where the flow is poor): tempering ``w̄ ∝ w^γ`` with ``γ = reweighted_power``
+(1: none) — one round then targets ``p^γ q^(1−γ)``, whose fixed point over the rounds is still
+``q = p``, with a much larger effective sample size — and clipping, every weight above the
+``1 − reweighted_clip`` quantile of the finite weights set to that quantile (0: none). The draws cost ``reweighted_batch_size`` energy
+evaluations per round (counted in the adaptation's evaluations); the weights of a round's draws
+stay those of the flow that drew them, which keeps them valid while the flow takes that round's
+steps. The Kish relative ESS of each round's untempered, unclipped weights is recorded
+(``adaptation_reweighted_ess_history``).
 
 ``model="new"`` needs no data at all: after the local warm-up an untrained flow is built with
 :func:`~boltzflow.flows.models.build_flow` on the chain states (molecules: every dihedral kept
@@ -26,17 +46,18 @@ moves can discover other basins, which the replay buffer then teaches the flow.
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import time as clock
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from ..flows.distributions import FlowDistribution
-from ..flows.models import Standardize, build_flow, save_model
+from ..flows.models import Standardize, _from_config, build_flow, save_model
 from ..flows.training import kl_loss
 from ..samples import SampleSet
 from ..systems.system import System
@@ -77,6 +98,12 @@ def _new_flow(
     return flow
 
 
+def _config_info(flow: FlowDistribution, new: bool) -> dict[str, Any]:
+    """Checkpoint info that rebuilds a new flow's architecture on resume (it depends on the warmed-up states)."""
+    config = getattr(flow, "config", None)
+    return {"flow_config": json.loads(json.dumps(config))} if new and config is not None else {}
+
+
 def _state_arrays(flow: FlowDistribution) -> dict[str, np.ndarray]:
     return {f"flow:{k}": v.detach().cpu().numpy() for k, v in flow.state_dict().items()}
 
@@ -104,6 +131,10 @@ def sample_adaptive(
     batch_size: int = 256,
     lr: float = 1e-3,
     w_kl: float = 0.0,
+    w_reweighted: float = 0.0,
+    reweighted_batch_size: int = 1024,
+    reweighted_power: float = 1.0,
+    reweighted_clip: float = 0.01,
     buffer_size: int = 4096,
     thin: int = 1,
     init_scale: float = 2.0,
@@ -159,6 +190,16 @@ def sample_adaptive(
         Adam learning rate (one optimiser for the whole adaptation).
     w_kl : float
         Weight of the reverse KL term (0: forward KL / maximum likelihood only).
+    w_reweighted : float
+        Weight of the importance-reweighted maximum-likelihood term on fresh flow draws (0: off;
+        see the module docstring). Counteracts mode collapse when the chains under-visit a basin.
+    reweighted_batch_size : int
+        Fresh flow draws (and energy evaluations) per training round for that term.
+    reweighted_power : float
+        Tempering exponent ``γ`` in ``(0, 1]`` of its weights, ``w̄ ∝ w^γ`` (1: exact weights).
+    reweighted_clip : float
+        Fraction in ``[0, 1)`` of the largest weights clipped to the ``1 − reweighted_clip``
+        quantile of the finite weights (0: no clipping).
     buffer_size : int
         Replay buffer: the most recent chain states used for maximum likelihood.
     thin : int
@@ -189,7 +230,8 @@ def sample_adaptive(
         ``global_acceptance_rate`` (also ``acceptance_rate``), ``local_acceptance_rate`` and their
         ``adaptation_`` counterparts, ``adaptation_global_acceptance_history`` (per training
         round), ``n_energy_evaluations`` (and per phase), ``adaptation_seconds``,
-        ``production_seconds``, ``n_training_steps``, ``n_skipped_training_steps``,
+        ``production_seconds``, ``n_training_steps``, ``n_skipped_training_steps``, the
+        reweighted-ML options and ``adaptation_reweighted_ess_history`` (per training round),
         ``flow_sha256_production_start`` / ``flow_sha256_production_end`` (equal: frozen),
         ``n_nonfinite_proposals``, ``n_local_divergent``, the frozen MALA step sizes.
 
@@ -207,6 +249,13 @@ def sample_adaptive(
         raise ValueError("train_every, batch_size, buffer_size must be >= 1, train_steps >= 0, lr > 0, w_kl >= 0")
     if global_move == "isir" and n_proposals < 2:
         raise ValueError(f"i-SIR needs n_proposals >= 2, got {n_proposals}")
+    if not (w_reweighted >= 0 and reweighted_batch_size >= 1 and 0 < reweighted_power <= 1
+            and 0 <= reweighted_clip < 1):
+        raise ValueError("w_reweighted must be >= 0, reweighted_batch_size >= 1, reweighted_power in (0, 1] "
+                         "and reweighted_clip in [0, 1)")
+    reweighted = ({"w_reweighted": w_reweighted, "reweighted_batch_size": reweighted_batch_size,
+                   "reweighted_power": reweighted_power, "reweighted_clip": reweighted_clip}
+                  if w_reweighted > 0 else {})
     new = isinstance(model, str) and model == "new"
     if new and local_warmup < 1:
         raise ValueError("model='new' needs local_warmup >= 1: the new flow is fitted to the warmed-up chain states")
@@ -227,7 +276,8 @@ def sample_adaptive(
              "local_target_acceptance": local_target_acceptance, "local_warmup": local_warmup,
              "adapt_iterations": adapt_iterations, "train_every": train_every, "train_steps": train_steps,
              "batch_size": batch_size, "lr": lr, "w_kl": w_kl, "buffer_size": buffer_size, "thin": thin,
-             "init_scale": init_scale, "flow_options": flow_options, "max_grad_norm": max_grad_norm},
+             "init_scale": init_scale, "flow_options": flow_options, "max_grad_norm": max_grad_norm,
+             **reweighted},  # only when on: checkpoints of runs without the term stay resumable
         every_seconds=checkpoint_seconds,
     )
     rng = np.random.default_rng(np.random.SeedSequence([seed, 0xADA]))
@@ -237,6 +287,7 @@ def sample_adaptive(
                              "evals_adapt", "evals", "global_iters_adapt", "local_steps_adapt",
                              "train_steps", "skipped")}
     history: list[float] = []
+    ess_history: list[float] = []
     seconds = {"adaptation": 0.0, "production": 0.0}
 
     def potential(xs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -260,11 +311,16 @@ def sample_adaptive(
     if resumed is not None:
         arrays, info = resumed
         if flow is None:
-            flow = build_flow(system, **{"max_linear_std": None, **flow_options})
+            if "flow_config" in info:  # the new flow's architecture (its circular dihedrals came from the states)
+                flow = _from_config(info["flow_config"], system.topology)
+                flow.config = info["flow_config"]
+            else:
+                flow = build_flow(system, **{"max_linear_std": None, **flow_options})
         _load_state(flow, arrays)
         x, h = arrays["x"], arrays["h"]
         restore_stored(arrays, stored, stored_u)
         step, counts, history, seconds = info["step"], info["counts"], info["history"], info["seconds"]
+        ess_history = info.get("ess_history", [])
         rng.bit_generator.state = info["rng"]
         start = system.energy.evaluate(x, need_gradient=local_steps > 0)
         u, g = start.energy, start.gradient
@@ -319,8 +375,14 @@ def sample_adaptive(
             if optimizer is not None and (it + 1) % train_every == 0:
                 history.append(round_accepted / (train_every * n_chains))
                 round_accepted = 0
+                draws = None
+                if w_reweighted > 0:
+                    draws = reweighted_draws(system, flow, reweighted_batch_size, generator, reweighted_power,
+                                             reweighted_clip)
+                    counts["evals_adapt"] += reweighted_batch_size
+                    ess_history.append(draws.relative_ess)
                 _train(system, flow, optimizer, buffer[:filled], train_steps, batch_size, w_kl, max_grad_norm,
-                       generator, counts)
+                       generator, counts, draws, w_reweighted)
                 flow.eval()
                 log_w = _current_log_weights(u, q.log_prob(x))
             elif local_steps:
@@ -334,8 +396,8 @@ def sample_adaptive(
         seconds["adaptation"] = clock.monotonic() - t0
         if ckpt.path is not None:
             ckpt.save({"x": x, "h": h, "stored": stored[:0], "stored_u": stored_u[:0], **_state_arrays(flow)},
-                      {"step": 0, "counts": counts, "history": history, "seconds": seconds,
-                       "rng": rng.bit_generator.state})
+                      {"step": 0, "counts": counts, "history": history, "ess_history": ess_history, "seconds": seconds,
+                       "rng": rng.bit_generator.state, **_config_info(flow, new)})
 
     # ---------------------------------------------------------------------- production
     phase_evals = "evals"
@@ -368,8 +430,8 @@ def sample_adaptive(
             seconds["production"] = clock.monotonic() - t0
             ckpt.save({"x": x, "h": h, "stored": stored[: step // thin], "stored_u": stored_u[: step // thin],
                        **_state_arrays(flow)},
-                      {"step": step, "counts": counts, "history": history, "seconds": seconds,
-                       "rng": rng.bit_generator.state})
+                      {"step": step, "counts": counts, "history": history, "ess_history": ess_history, "seconds": seconds,
+                       "rng": rng.bit_generator.state, **_config_info(flow, new)})
     bar.close()
     seconds["production"] = clock.monotonic() - t0
     hash_end = flow_hash(flow)
@@ -391,6 +453,11 @@ def sample_adaptive(
             **({"n_proposals": n_proposals} if global_move == "isir" else {}),
             local_steps=local_steps, local_warmup=local_warmup, adapt_iterations=adapt_iterations,
             train_every=train_every, train_steps=train_steps, batch_size=batch_size, lr=lr, w_kl=w_kl,
+            w_reweighted=w_reweighted,
+            reweighted_batch_size=reweighted_batch_size if w_reweighted > 0 else None,
+            reweighted_power=reweighted_power if w_reweighted > 0 else None,
+            reweighted_clip=reweighted_clip if w_reweighted > 0 else None,
+            adaptation_reweighted_ess_history=ess_history,
             buffer_size=buffer_size, init_scale=init_scale if new else None,
             acceptance_rate=production_rate,
             global_acceptance_rate=production_rate,
@@ -417,17 +484,65 @@ def sample_adaptive(
 
 
 
+class ReweightedDraws(NamedTuple):
+    """Fresh flow draws with self-normalised importance weights; see :func:`reweighted_draws`."""
+
+    x: torch.Tensor
+    weights: torch.Tensor
+    relative_ess: float
+    n_nonfinite: int
+
+
+def reweighted_draws(
+    system: System, flow: FlowDistribution, n: int, generator: torch.Generator, power: float = 1.0,
+    clip: float = 0.0,
+) -> ReweightedDraws:
+    """``n`` draws ``x ~ q`` (no gradient) with weights ``w̄ ∝ (exp(−u(x) − log q(x)))^power``, clipped.
+
+    Draws whose energy or flow density is not finite get zero weight (and are dropped). With
+    ``clip > 0`` every log-weight above the ``1 − clip`` quantile of the finite ones is set to
+    that quantile (applied after tempering). ``relative_ess`` is the Kish ESS / ``n`` of the raw
+    weights (no tempering, no clipping): the flow-quality signal. The weights sum to 1 (all zero
+    when no draw is finite).
+    """
+    with torch.no_grad():
+        x, log_q = flow.sample(n, generator)
+    energy = system.energy.evaluate(x.detach().cpu().to(torch.float64).numpy(), need_gradient=False).energy
+    log_q = log_q.detach().cpu().to(torch.float64).numpy()
+    valid = np.isfinite(energy) & np.isfinite(log_q)
+    raw = -energy[valid] - log_q[valid]
+    if raw.size == 0:
+        return ReweightedDraws(x[:0], x.new_zeros(0), 0.0, n)
+    log_w = power * raw
+    if clip > 0:
+        log_w = np.minimum(log_w, np.quantile(log_w, 1.0 - clip))
+    w = np.exp(log_w - log_w.max())
+    w /= w.sum()
+    r = np.exp(raw - raw.max())
+    ess = float(r.sum() ** 2 / (r**2).sum() / n)
+    keep = torch.as_tensor(np.flatnonzero(valid), device=x.device)
+    return ReweightedDraws(x[keep].detach(), torch.as_tensor(w, dtype=x.dtype, device=x.device), ess,
+                           int((~valid).sum()))
+
+
 def _train(
     system: System, flow: FlowDistribution, optimizer: torch.optim.Optimizer, buffer: np.ndarray, steps: int,
     batch_size: int, w_kl: float, max_grad_norm: float, generator: torch.Generator, counts: dict[str, int],
+    draws: ReweightedDraws | None = None, w_reweighted: float = 0.0,
 ) -> None:
-    """``steps`` Adam steps on ``−mean log q`` of uniform buffer batches (+ ``w_kl`` · reverse KL).
+    """``steps`` Adam steps on ``−mean log q`` of uniform buffer batches (+ ``w_kl`` · reverse KL)
+    (+ ``w_reweighted`` · ``−Σ w̄ log q`` over the reweighted ``draws``, the whole set every step).
 
-    Buffer states the flow cannot score (non-finite ``log q``) are left out of the batch; a step
-    whose loss or gradient is not finite is skipped and counted.
+    Buffer states the flow cannot score (non-finite ``log q``) are left out of the batch; so are
+    draws whose ``log q`` under the updated flow is not finite. A step whose loss or gradient is
+    not finite is skipped and counted.
     """
     device, dtype = next(flow.buffers()).device, flow.base.dtype
     data = torch.as_tensor(buffer, dtype=dtype, device=device)
+    use_draws = draws is not None and w_reweighted > 0 and draws.x.shape[0] > 0
+    if use_draws:  # only draws with non-negligible weight contribute
+        keep = draws.weights > 1e-12
+        draw_x, draw_w = draws.x[keep], draws.weights[keep]
     flow.train()
     for _ in range(steps):
         optimizer.zero_grad(set_to_none=True)
@@ -439,6 +554,12 @@ def _train(
             kl, _, _ = kl_loss(system, flow, batch_size, generator)
             counts["evals_adapt"] += batch_size
             loss = loss + w_kl * kl
+        if use_draws:
+            log_q_draws = flow.log_prob(draw_x)
+            fine = torch.isfinite(log_q_draws)
+            if bool(fine.any()):
+                weights = draw_w[fine] / draw_w[fine].sum()
+                loss = loss - w_reweighted * (weights * log_q_draws[fine]).sum()
         counts["train_steps"] += 1
         if not loss.requires_grad or not torch.isfinite(loss):
             counts["skipped"] += 1
@@ -463,4 +584,4 @@ def _short(counts: dict[str, int], n_chains: int, local_steps: int, adapting: bo
     return rates
 
 
-__all__ = ["flow_hash", "sample_adaptive"]
+__all__ = ["ReweightedDraws", "flow_hash", "reweighted_draws", "sample_adaptive"]
