@@ -65,7 +65,8 @@ class ContextEvaluator:
         self.n_particles = system.getNumParticles()
         self.context = create_context(system, platform_name, properties)
         self.platform_name = self.context.getPlatform().getName()
-        self._has_virtual_sites = any(system.isVirtualSite(i) for i in range(self.n_particles))
+        self._virtual = np.array([system.isVirtualSite(i) for i in range(self.n_particles)], dtype=bool)
+        self._has_virtual_sites = bool(self._virtual.any())
 
     def evaluate(self, x: np.ndarray, need_forces: bool) -> tuple[np.ndarray, np.ndarray | None]:
         """Evaluate a batch.
@@ -105,6 +106,11 @@ class ContextEvaluator:
                 energy[i] = np.inf
                 if need_forces:
                     forces[i] = 0.0
+        if need_forces and self._has_virtual_sites:
+            # OpenMM places virtual sites itself (the input positions of those sites are unused) and
+            # has already spread their forces onto the real atoms; what getState still reports on
+            # a virtual site is not a derivative of the energy: the gradient there is zero.
+            forces[:, self._virtual] = 0.0
         return energy, (forces.reshape(n, -1) if need_forces else None)
 
 

@@ -17,6 +17,7 @@ from .flow_mcmc import sample_imh, sample_isir
 from .flow_perturbation import sample_cnf_exact, sample_cnf_hutchinson, sample_fp, sample_fp_is
 from .flow_perturbation_smc import sample_fp_smc
 from .hmc import sample_hmc
+from .lfep import sample_lfep
 from .mala import sample_mala
 from .neutra import sample_neutra
 from .openmm_md import sample_openmm_md
@@ -50,6 +51,7 @@ SAMPLERS: dict[str, Callable[..., SampleSet]] = {
     "fp": sample_fp,
     "fp-is": sample_fp_is,
     "fp-smc": sample_fp_smc,
+    "lfep": sample_lfep,
 }
 
 

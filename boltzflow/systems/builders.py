@@ -13,6 +13,7 @@ from typing import Any, Callable
 import numpy as np
 
 from ..energy.base import Energy
+from .ice import build_ice
 from .observables import State, observable_from_spec
 from .system import System
 
@@ -232,4 +233,5 @@ BUILDERS: dict[str, Callable[..., System]] = {
     "python": build_python,
     "tetrahedron_field": build_tetrahedron_field,
     "gaussian_mixture": build_gaussian_mixture,
+    "ice": build_ice,
 }
