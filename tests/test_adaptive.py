@@ -186,3 +186,18 @@ def test_r_hat_near_one_for_mixed_chains_and_large_for_stuck_ones():
     assert r_hat(drift, lambda x: x[:, 0]) > 1.5
     # time-ordered IAT of independent samples is about zero
     assert integrated_autocorrelation_time(mixed, lambda x: x[:, 0]) < 0.1
+
+
+def test_production_proposals_set_the_i_sir_candidates_of_production_only(double_well):
+    options = {"n": 64, "seed": 2, "model": "new", "n_chains": 8, "global_move": "isir", "n_proposals": 4,
+               "local_steps": 0, "local_warmup": 10, "adapt_iterations": 10, "train_every": 5, "train_steps": 1,
+               "batch_size": 32, "progress": False}
+    plain = bf.sample(double_well, "adaptive", **options)
+    more = bf.sample(double_well, "adaptive", production_proposals=16, **options)
+    assert plain.metadata["production_proposals"] == 4 and more.metadata["production_proposals"] == 16
+    # identical adaptation; production costs (candidates − 1) energy evaluations per chain and iteration
+    assert more.metadata["n_energy_evaluations_adaptation"] == plain.metadata["n_energy_evaluations_adaptation"]
+    assert more.metadata["n_energy_evaluations_production"] == 8 * 8 * 15
+    assert plain.metadata["n_energy_evaluations_production"] == 8 * 8 * 3
+    with pytest.raises(ValueError, match="production_proposals"):
+        bf.sample(double_well, "adaptive", production_proposals=1, **options)

@@ -121,6 +121,7 @@ def sample_adaptive(
     n_chains: int = 32,
     global_move: str = "isir",
     n_proposals: int = 16,
+    production_proposals: int | None = None,
     local_steps: int = 1,
     local_step_size: float = 1e-3,
     local_target_acceptance: float = 0.57,
@@ -169,6 +170,10 @@ def sample_adaptive(
         Independent Metropolis–Hastings or iterated SIR.
     n_proposals : int
         i-SIR candidates per iteration (current state included, >= 2); ignored for IMH.
+    production_proposals : int, optional
+        i-SIR candidates per production iteration (default: ``n_proposals``). More candidates let
+        the chains move between basins whose flow mass is too small: with the flow adapted from
+        C7eq alone, alanine dipeptide needed 64 (see ``examples/adaptive_alanine.py``).
     local_steps : int
         MALA steps on the target after each global move (adaptation and production).
     local_step_size : float
@@ -247,8 +252,11 @@ def sample_adaptive(
         raise ValueError("n, n_chains and thin must be >= 1; local_steps, local_warmup, adapt_iterations >= 0")
     if train_every < 1 or train_steps < 0 or batch_size < 1 or buffer_size < 1 or lr <= 0 or w_kl < 0:
         raise ValueError("train_every, batch_size, buffer_size must be >= 1, train_steps >= 0, lr > 0, w_kl >= 0")
-    if global_move == "isir" and n_proposals < 2:
-        raise ValueError(f"i-SIR needs n_proposals >= 2, got {n_proposals}")
+    if production_proposals is None:
+        production_proposals = n_proposals
+    if global_move == "isir" and min(n_proposals, production_proposals) < 2:
+        raise ValueError(f"i-SIR needs n_proposals >= 2 and production_proposals >= 2, got {n_proposals}, "
+                         f"{production_proposals}")
     if not (w_reweighted >= 0 and reweighted_batch_size >= 1 and 0 < reweighted_power <= 1
             and 0 <= reweighted_clip < 1):
         raise ValueError("w_reweighted must be >= 0, reweighted_batch_size >= 1, reweighted_power in (0, 1] "
@@ -268,10 +276,12 @@ def sample_adaptive(
     per_chain = math.ceil(n / n_chains)
     production = per_chain * thin
     n_draws = 1 if global_move == "imh" else n_proposals - 1
+    n_draws_production = 1 if global_move == "imh" else production_proposals - 1
     ckpt = Checkpoint(
         checkpoint,
         run={"system": system.name, "sampler": "adaptive", "n": n, "seed": seed, "model": model_name,
              "n_chains": n_chains, "global_move": global_move, "n_proposals": n_draws + 1,
+             **({"production_proposals": production_proposals} if production_proposals != n_proposals else {}),
              "local_steps": local_steps, "local_step_size": local_step_size,
              "local_target_acceptance": local_target_acceptance, "local_warmup": local_warmup,
              "adapt_iterations": adapt_iterations, "train_every": train_every, "train_steps": train_steps,
@@ -408,7 +418,7 @@ def sample_adaptive(
     bar = tqdm(total=production, initial=step, desc=f"adaptive {system.name} (production)",
                disable=not progress, unit="it")
     while step < production:
-        move = _global_move(system, q, global_move, n_draws, x, u, g if local_steps else None, log_w,
+        move = _global_move(system, q, global_move, n_draws_production, x, u, g if local_steps else None, log_w,
                               adapt_iterations + step, local_steps > 0, rng)
         x, u, log_w = move.x, move.u, move.log_w
         g = move.g if local_steps else g
@@ -450,7 +460,8 @@ def sample_adaptive(
         metadata=run_metadata(
             system, "adaptive", seed, correlated=True, normalized_proposal=False,
             model=model_name, global_move=global_move, n_chains=n_chains, thin=thin,
-            **({"n_proposals": n_proposals} if global_move == "isir" else {}),
+            **({"n_proposals": n_proposals, "production_proposals": production_proposals}
+               if global_move == "isir" else {}),
             local_steps=local_steps, local_warmup=local_warmup, adapt_iterations=adapt_iterations,
             train_every=train_every, train_steps=train_steps, batch_size=batch_size, lr=lr, w_kl=w_kl,
             w_reweighted=w_reweighted,
