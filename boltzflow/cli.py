@@ -56,11 +56,16 @@ def _cmd_systems(args: argparse.Namespace) -> int:
     return 0
 
 
+def _refuse_overwrite(path: Path, force: bool) -> Path:
+    """``path``, unless it exists and ``--force`` was not given (then a one-line CLI error)."""
+    if path.exists() and not force:
+        raise CLIError(f"{path} exists already; use --force to overwrite it or choose another --out")
+    return path
+
+
 def _cmd_sample(args: argparse.Namespace) -> int:
     out = Path(args.out)
-    final = out / "samples.npz"
-    if final.exists() and not args.force:
-        raise CLIError(f"{final} exists already; use --force to overwrite it or choose another --out")
+    _refuse_overwrite(out / "samples.npz", args.force)
     system_options = {}
     if args.platform:
         system_options["platform"] = args.platform
@@ -124,9 +129,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if args.target_temperature is not None:
         raise CLIError("--target-temperature is for LFEP maps (--lfep)")
     out = Path(args.out)
-    model_path = out / "model.pt"
-    if model_path.exists() and not args.force:
-        raise CLIError(f"{model_path} exists already; use --force to overwrite it or choose another --out")
+    model_path = _refuse_overwrite(out / "model.pt", args.force)
     system = load_system(args.system)
     data_path = Path(args.data) if args.data else _default_data(args.system)
     data = SampleSet.load(data_path) if data_path is not None else None
@@ -177,9 +180,7 @@ def _cmd_train_snf(args: argparse.Namespace) -> int:
     if args.device != "cpu":
         raise CLIError("SNF training runs on the CPU (its stochastic blocks evaluate the energy at every step)")
     out = Path(args.out)
-    model_path = out / "snf.pt"
-    if model_path.exists() and not args.force:
-        raise CLIError(f"{model_path} exists already; use --force to overwrite it or choose another --out")
+    model_path = _refuse_overwrite(out / "snf.pt", args.force)
     system = load_system(args.system)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -219,9 +220,7 @@ def _cmd_train_lfep(args: argparse.Namespace) -> int:
         raise CLIError("--lfep needs --data (decorrelated base-state samples, e.g. MD at the system temperature) "
                        "and --target-temperature")
     out = Path(args.out)
-    model_path = out / "lfep.pt"
-    if model_path.exists() and not args.force:
-        raise CLIError(f"{model_path} exists already; use --force to overwrite it or choose another --out")
+    model_path = _refuse_overwrite(out / "lfep.pt", args.force)
     system = load_system(args.system)
     if system.rigid_bodies is None or system.rigid_bodies.box is None:
         raise CLIError(f"'{args.system}' is not a periodic crystal of rigid molecules: --lfep needs one")
@@ -267,9 +266,7 @@ def _cmd_train_cnf(args: argparse.Namespace) -> int:
     from .flows.continuous_training import train_continuous_flow, train_sigma_f
 
     out = Path(args.out)
-    model_path = out / "cnf.pt"
-    if model_path.exists() and not args.force:
-        raise CLIError(f"{model_path} exists already; use --force to overwrite it or choose another --out")
+    model_path = _refuse_overwrite(out / "cnf.pt", args.force)
     system = load_system(args.system)
     data_path = Path(args.data) if args.data else _default_data(args.system)
     if data_path is None:
