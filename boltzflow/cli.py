@@ -279,7 +279,7 @@ def _cmd_train_cnf(args: argparse.Namespace) -> int:
     flow = build_continuous_flow(
         system, hidden=tuple(args.hidden), time_features=args.time_features, n_steps=args.ode_steps,
         remove_centre=False if args.keep_centre else None, data=data, augment_rotations=args.augment_rotations,
-        sigma_b=args.sigma_b, seed=args.seed,
+        sigma_b=args.sigma_b, seed=args.seed, internal_coordinates=args.internal_coordinates,
     )
     checkpoint = out / "checkpoint.pt"
     try:
@@ -464,6 +464,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "'ml_weighting' metadata, else importance")
     p.add_argument("--augment-rotations", action="store_true",
                    help="rotate every training frame at random about its centre (particles and molecules)")
+    p.add_argument("--internal-coordinates", action="store_true",
+                   help="model a molecule's bonds, angles and dihedrals instead of Cartesian coordinates")
     p.add_argument("--keep-centre", action="store_true",
                    help="model the centre of mass too (default: removed for particles and molecules)")
     p.add_argument("--sigma-b", type=float, default=1e-3,

@@ -8,6 +8,7 @@ from .double_well import DoubleWellEnergy
 from .function import FunctionEnergy
 from .lennard_jones import LennardJonesEnergy
 from .multi_double_well import MultiDoubleWellEnergy
+from .orientation import OrientationPrior
 from .restraints import CenterOfMassRestraint
 
 __all__ = [
@@ -19,6 +20,7 @@ __all__ = [
     "FunctionEnergy",
     "LennardJonesEnergy",
     "MultiDoubleWellEnergy",
+    "OrientationPrior",
     "ScaledEnergy",
     "SumEnergy",
 ]

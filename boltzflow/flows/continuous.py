@@ -6,7 +6,11 @@ Coordinates, from the system's to the latent space:
   and molecules (``system.particles`` or a topology) the isometric centre-of-mass-free embedding of
   :class:`~boltzflow.flows.centre_of_mass.CentreOfMassFree` (centre of geometry, equal weights;
   ``d = D − n_dims``). Densities are then per unit volume of that subspace, and the energy must be
-  translation invariant;
+  translation invariant; or, for molecules, internal coordinates
+  (:class:`~boltzflow.flows.internal_coordinates.InternalCoordinates`: bonds, angles, dihedrals,
+  ``d = D − 6``), where a configuration's density carries ``log J`` of the chart
+  (:meth:`ContinuousFlow.to_configuration_with_log_det`), densities are per unit volume of the
+  quotient by rigid motions, and rows outside the chart's one-to-one domain get zero weight;
 * ``y`` → standardised ``s = (y − loc) / scale`` (per-coordinate mean and standard deviation of
   the training data, a constant log-determinant ``−Σ log scale``);
 * the ODE ``ds/dt = v(s, t)`` runs from data (``t = 0``) to latent (``t = 1``); the latent
@@ -42,6 +46,7 @@ from ..samples import SampleSet
 from ..systems.system import System
 from .augmentation import random_rotations
 from .centre_of_mass import CentreOfMassFree
+from .internal_coordinates import InternalCoordinates
 from .models import ModelFileError
 from .nets import MLP
 from .ode import Divergence, rk4, rk4_with_divergence
@@ -124,6 +129,8 @@ class ContinuousFlow(nn.Module):
         Hidden widths of the σ_F network.
     sigma_b : float
         The backward perturbation σ_B flow perturbation uses with this flow (σ_F is trained for it).
+    internal : InternalCoordinates, optional
+        Model a molecule's internal coordinates instead (not with ``particles``).
     """
 
     def __init__(
@@ -134,6 +141,7 @@ class ContinuousFlow(nn.Module):
         n_steps: int = 20,
         sigma_f_hidden: Sequence[int] = (64, 64),
         sigma_b: float = 1e-3,
+        internal: InternalCoordinates | None = None,
     ) -> None:
         super().__init__()
         if n_steps < 1:
@@ -141,10 +149,15 @@ class ContinuousFlow(nn.Module):
         if not sigma_b > 0:
             raise ValueError(f"sigma_b must be positive, got {sigma_b}")
         self.dim = int(dim)
+        if internal is not None and (particles is not None or 3 * internal.n_atoms != self.dim):
+            raise ValueError(f"internal coordinates of {internal.n_atoms} atoms need dimension {3 * internal.n_atoms} "
+                             f"(got {dim}) and no particles (got {particles})")
+        self.internal = internal
         self.centre = None if particles is None else CentreOfMassFree(*particles)
         if self.centre is not None and self.centre.n_particles * self.centre.n_dims != self.dim:
             raise ValueError(f"particles {particles} do not make up dimension {dim}")
-        self.latent_dim = self.dim if self.centre is None else self.centre.latent_dim
+        self.latent_dim = internal.dim if internal is not None else (
+            self.dim if self.centre is None else self.centre.latent_dim)
         self.particles = None if particles is None else (int(particles[0]), int(particles[1]))
         self.velocity = velocity
         self.n_steps = int(n_steps)
@@ -157,15 +170,34 @@ class ContinuousFlow(nn.Module):
     # ------------------------------------------------------------------ coordinates
     def to_internal(self, x: torch.Tensor) -> torch.Tensor:
         """Configurations ``(B, D)`` → internal coordinates ``(B, d)`` (the centre of mass dropped)."""
+        return self.to_internal_with_log_det(x)[0]
+
+    def to_internal_with_log_det(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Internal coordinates and ``log|det ∂y/∂x|`` of the chart (0 for the isometric ones)."""
         if x.ndim != 2 or x.shape[1] != self.dim:
             raise ValueError(f"expected configurations of shape (batch, {self.dim}), got {tuple(x.shape)}")
-        return x if self.centre is None else self.centre.inverse(x)[0]
+        if self.internal is not None:
+            return self.internal.inverse(x)
+        return (x if self.centre is None else self.centre.inverse(x)[0]), x.new_zeros(x.shape[0])
 
     def to_configuration(self, y: torch.Tensor) -> torch.Tensor:
-        """Internal coordinates ``(B, d)`` → configurations ``(B, D)`` (zero centre of mass)."""
+        """Internal coordinates ``(B, d)`` → configurations ``(B, D)`` (zero centre of mass or canonical frame)."""
+        return self.to_configuration_with_log_det(y)[0]
+
+    def to_configuration_with_log_det(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Configurations and ``log|det ∂x/∂y|`` of the chart.
+
+        0 for the identity and the centre-of-mass chart; ``log J`` of internal coordinates, and
+        ``−inf`` for rows outside their one-to-one domain
+        (:meth:`~boltzflow.flows.internal_coordinates.InternalCoordinates.in_domain`), whose
+        importance weights must be zero.
+        """
         if y.ndim != 2 or y.shape[1] != self.latent_dim:
             raise ValueError(f"expected internal coordinates of shape (batch, {self.latent_dim}), got {tuple(y.shape)}")
-        return y if self.centre is None else self.centre.forward(y)[0]
+        if self.internal is not None:
+            x, log_det = self.internal.forward(y)
+            return x, torch.where(self.internal.in_domain(y), log_det, -math.inf)
+        return (y if self.centre is None else self.centre.forward(y)[0]), y.new_zeros(y.shape[0])
 
     def standardize(self, y: torch.Tensor) -> torch.Tensor:
         """``s = (y − loc) / scale``."""
@@ -222,12 +254,14 @@ class ContinuousFlow(nn.Module):
     def log_prob(self, x: torch.Tensor, divergence: Divergence, n_steps: int | None = None) -> torch.Tensor:
         """``log q(x) = log p_Z(F(y)) + log|det ∂F/∂y|`` of configurations ``x (B, D)``.
 
-        A density per unit volume of the internal coordinates (centre-of-mass-free subspace for
-        particles); exact up to the RK4 error with :func:`~boltzflow.flows.ode.exact_divergence`,
-        an unbiased estimate of it with Hutchinson's divergence.
+        A density per unit volume of the configuration space (centre-of-mass-free subspace for
+        particles, quotient by rigid motions for internal coordinates); exact up to the RK4 error
+        with :func:`~boltzflow.flows.ode.exact_divergence`, an unbiased estimate of it with
+        Hutchinson's divergence.
         """
-        z, log_det = self.encode_with_log_det(self.to_internal(x), divergence, n_steps)
-        return self.latent_log_prob(z) + log_det
+        y, chart_log_det = self.to_internal_with_log_det(x)
+        z, log_det = self.encode_with_log_det(y, divergence, n_steps)
+        return self.latent_log_prob(z) + log_det + chart_log_det
 
     def sample_latent(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """``n`` standard normal latent vectors ``(n, d)`` (dtype and device of the flow)."""
@@ -256,12 +290,14 @@ def rotate_frames(x: np.ndarray, particles: tuple[int, int], rng: np.random.Gene
     return rotated.reshape(x.shape[0], -1)
 
 
-def _from_config(config: dict[str, Any]) -> ContinuousFlow:
+def _from_config(config: dict[str, Any], system: System) -> ContinuousFlow:
     particles = None if config["particles"] is None else tuple(config["particles"])
-    latent_dim = config["dim"] if particles is None else (particles[0] - 1) * particles[1]
+    internal = InternalCoordinates.from_topology(system.topology) if config.get("internal_coordinates") else None
+    latent_dim = internal.dim if internal is not None else (
+        config["dim"] if particles is None else (particles[0] - 1) * particles[1])
     velocity = VelocityField(latent_dim, config["hidden"], config["time_features"])
     return ContinuousFlow(config["dim"], velocity, particles, config["n_steps"], config["sigma_f_hidden"],
-                          config["sigma_b"])
+                          config["sigma_b"], internal)
 
 
 def build_continuous_flow(
@@ -275,6 +311,7 @@ def build_continuous_flow(
     sigma_f_hidden: Sequence[int] = (64, 64),
     sigma_b: float = 1e-3,
     seed: int = 0,
+    internal_coordinates: bool = False,
 ) -> ContinuousFlow:
     """An untrained continuous flow for ``system`` (float64; velocity zero, i.e. ``q = N(loc, scale²)``).
 
@@ -301,12 +338,22 @@ def build_continuous_flow(
         σ_B of flow perturbation (in the system's length units).
     seed : int
         Seed of the rotations.
+    internal_coordinates : bool
+        Model a molecule's bonds, angles and dihedrals (needs a topology and ``data``: the
+        normalisation and each dihedral's branch cut, in its least populated region, are fitted
+        on it) instead of Cartesian coordinates; rotation-invariant by construction, so no
+        augmentation.
 
     Returns
     -------
     ContinuousFlow
         With a ``config`` attribute (for :func:`save_continuous_flow`).
     """
+    if internal_coordinates:
+        if system.topology is None or data is None or augment_rotations or remove_centre:
+            raise ValueError("internal coordinates need a molecule (topology) and data, and exclude rotation "
+                             "augmentation and centre removal")
+        remove_centre = False
     layout = particle_layout(system)
     if remove_centre is None:
         remove_centre = layout is not None
@@ -318,12 +365,15 @@ def build_continuous_flow(
         "dim": system.dim, "particles": list(layout) if remove_centre else None, "hidden": [int(h) for h in hidden],
         "time_features": int(time_features), "n_steps": int(n_steps), "sigma_f_hidden": [int(h) for h in sigma_f_hidden],
         "sigma_b": float(sigma_b), "augment_rotations": bool(augment_rotations),
+        "internal_coordinates": bool(internal_coordinates),
     }
-    flow = _from_config(config)
+    flow = _from_config(config, system)
     if data is not None:
         x = configurations(data, system.dim)
         if augment_rotations:
             x = rotate_frames(x, layout, np.random.default_rng(seed))
+        if flow.internal is not None:
+            flow.internal.fit_normalization(torch.as_tensor(x, dtype=torch.float64), all_linear=True)
         flow.fit_standardization(flow.to_internal(torch.as_tensor(x, dtype=torch.float64)))
     flow.config = config
     return flow
@@ -411,7 +461,7 @@ def load_continuous_flow(path: str | Path, system: System) -> ContinuousFlow:
             f"{config.get('particles')}), not for '{system.name}' (dimension {system.dim}, particles {layout})"
         )
     try:
-        flow = _from_config(config)
+        flow = _from_config(config, system)
         flow.load_state_dict({k: v.to(torch.float64) if v.is_floating_point() else v
                               for k, v in payload["state_dict"].items()})
     except (RuntimeError, KeyError, TypeError, ValueError) as err:

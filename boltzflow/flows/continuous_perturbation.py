@@ -19,8 +19,13 @@ estimators; the log-weight toward ``exp(−u)`` is (:func:`log_omega`)
   ``ε``, ``E[α^{−d}] = 1/|det J_F|`` exactly (:func:`stretch_delta_s`), so the weights are
   unbiased up to the central-difference error and the RK4 mismatch between ``F`` and ``B⁻¹``.
   Costs three ODE passes.
+* ``"hutchinson"`` — *not* flow perturbation, the biased baseline it replaces, in the same extended
+  space: ``x0 = B(x_T)`` and ``ΔS = ε^T (∫ ∂v/∂x dt) ε``, Hutchinson's estimate of ``log|det ∂x0/∂x_T|``
+  with ``ε`` as one Gaussian probe held along the path. ``E_ε[ΔS]`` is the exact log-determinant, so
+  ``E_ε[ω]`` is not ``e^{−u}/q`` (Jensen): MCMC or SMC on ``(x_T, ε)`` with these weights samples a
+  distorted distribution. One ODE pass with a vector-Jacobian product per RK4 stage.
 
-Both live on the flow's internal coordinates (``d`` = the centre-of-mass-free dimension for
+All live on the flow's internal coordinates (``d`` = the centre-of-mass-free dimension for
 particles), in float64 (the central differences need it).
 """
 
@@ -33,8 +38,9 @@ import numpy as np
 import torch
 
 from .continuous import ContinuousFlow
+from .ode import HutchinsonDivergence
 
-ESTIMATORS = ("perturbed", "stretch")
+ESTIMATORS = ("perturbed", "stretch", "hutchinson")
 
 
 def stretch_delta_s(
@@ -105,8 +111,8 @@ def flow_perturbation(
         The flow (``decode`` is B, ``encode`` is F).
     z, eps : torch.Tensor
         ``(B, d)`` latent vectors and noise vectors.
-    estimator : {"perturbed", "stretch"}
-        See the module docstring.
+    estimator : {"perturbed", "stretch", "hutchinson"}
+        See the module docstring (``"hutchinson"``: the biased baseline, ``ε`` its probe).
     sigma_b : float, optional
         σ_B of ``"perturbed"`` (default: the flow's, which its σ_F was trained for).
     fd_step : float
@@ -127,6 +133,8 @@ def flow_perturbation(
         raise ValueError(f"x_T and eps must both have shape (batch, {flow.latent_dim}), got {tuple(z.shape)}, "
                          f"{tuple(eps.shape)}")
     with torch.no_grad():
+        if estimator == "hutchinson":
+            return flow.decode_with_log_det(z, HutchinsonDivergence(eps.unsqueeze(0)), n_steps)
         x0 = flow.decode(z, n_steps)
         if estimator == "stretch":
             return x0, stretch_delta_s(lambda y: flow.encode(y, n_steps), x0, eps, fd_step)

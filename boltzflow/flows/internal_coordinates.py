@@ -179,7 +179,8 @@ class InternalCoordinates(Bijection):
         return 2 * raw[:, self.bonds].abs().log().sum(1) + torch.sin(raw[:, self.angles]).abs().log().sum(1)
 
     def fit_normalization(
-        self, x: torch.Tensor, scale: float | None = None, max_linear_std: float | None = 0.6
+        self, x: torch.Tensor, scale: float | None = None, max_linear_std: float | None = 0.6,
+        all_linear: bool = False,
     ) -> InternalCoordinates:
         """Fit the feature normalisation (and which dihedrals stay circular) to frames ``x``.
 
@@ -196,6 +197,11 @@ class InternalCoordinates(Bijection):
             resultant length) over ``x`` is below this (rad) become linear features, normalised
             around their circular mean — except the named backbone torsions (φ, ψ), which stay
             circular even if the data saw one basin only. ``None`` keeps every dihedral circular.
+        all_linear : bool
+            Every dihedral linear (for models on ``R^d`` such as continuous flows), each with its
+            branch cut in the least populated of 36 bins of the data: the mean sits opposite
+            that bin, the scale is the standard deviation of the wrapped deviation. Overrides
+            ``max_linear_std``.
 
         Returns
         -------
@@ -214,7 +220,16 @@ class InternalCoordinates(Bijection):
                 raise ValueError("fit_normalization needs at least 2 frames to estimate a scale, or pass scale=")
             mean[:n_linear] = raw[:, :n_linear].mean(0)
             new_scale[:n_linear] = raw[:, :n_linear].std(0).clamp_min(1e-3)
-            if max_linear_std is not None:
+            if all_linear:
+                dihedrals = raw[:, n_linear:]
+                edges = torch.linspace(-math.pi, math.pi, 37, dtype=torch.float64)
+                counts = torch.stack([((dihedrals >= lo) & (dihedrals < hi)).sum(0) for lo, hi in zip(edges[:-1], edges[1:])])
+                cut = edges[:-1][counts.argmin(0)] + math.pi / 36  # centre of the emptiest bin
+                centre = _wrap(cut + math.pi)
+                mean[n_linear:] = centre
+                new_scale[n_linear:] = _wrap(dihedrals - centre).std(0).clamp_min(1e-3)
+                circular[n_linear:] = False
+            elif max_linear_std is not None:
                 dihedrals = raw[:, n_linear:]
                 resultant = torch.stack([torch.cos(dihedrals).mean(0), torch.sin(dihedrals).mean(0)])
                 spread = torch.sqrt(-2 * torch.log(torch.linalg.vector_norm(resultant, dim=0).clamp(1e-12, 1.0)))
@@ -238,6 +253,22 @@ class InternalCoordinates(Bijection):
         centred = raw - mean
         centred = torch.cat([centred[:, :n_linear], _wrap(centred[:, n_linear:])], dim=1)
         return centred / scale, -self._log_jacobian(raw) - scale.log().sum()
+
+    def in_domain(self, z: torch.Tensor) -> torch.Tensor:
+        """Rows ``(B,)`` of internal coordinates on which :meth:`forward` is one-to-one.
+
+        Bonds positive, angles in ``(0, π)``, every dihedral within one turn: ``[-π, π)`` for a
+        circular one, within ``±π`` of its mean for a linear one. A density on all of ``R^(3N-6)``
+        (a continuous flow's) is a density on this domain plus mass outside it that
+        :meth:`forward` would alias onto other structures; weights of such rows must be zero.
+        """
+        self._check(z, self.dim, "internal coordinates")
+        centred = z * self.scale.to(z)
+        raw = centred + self.mean.to(z)
+        angles = raw[:, self.angles]
+        dihedrals = centred[:, self.dihedrals]  # circular ones have mean 0: raw angle itself
+        return ((raw[:, self.bonds] > 0).all(1) & ((angles > 0) & (angles < math.pi)).all(1)
+                & ((dihedrals >= -math.pi) & (dihedrals < math.pi)).all(1))
 
     def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Internal coordinates ``(B, 3N - 6)`` → Cartesian ``(B, 3N)`` in the canonical frame.

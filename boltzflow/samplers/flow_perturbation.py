@@ -42,8 +42,9 @@ from .hmc import chain_columns
 from .importance_draws import draw_in_batches
 from .metadata import run_metadata
 
-# ODE passes (each n_steps RK4 steps) per weight, the unit of the cost comparisons
-ODE_PASSES = {"perturbed": 2, "stretch": 3}
+# ODE passes (each n_steps RK4 steps) per weight, the unit of the cost comparisons (Hutchinson's one pass
+# carries a vector-Jacobian product per RK4 stage)
+ODE_PASSES = {"perturbed": 2, "stretch": 3, "hutchinson": 1}
 
 
 def resolve_continuous_model(system: System, model: str | Path | ContinuousFlow | None) -> tuple[ContinuousFlow, str]:
@@ -89,8 +90,9 @@ class ExtendedTarget:
         Target (its energy gives ``u(x0)``).
     flow : ContinuousFlow
         The flow.
-    estimator : {"perturbed", "stretch"}
-        Flow-perturbation estimator.
+    estimator : {"perturbed", "stretch", "hutchinson"}
+        Flow-perturbation estimator, or ``"hutchinson"``: the biased baseline on the same extended
+        space (``ε`` as its probe), for side-by-side comparisons.
     sigma_b : float, optional
         σ_B (default: the flow's).
     fd_step : float
@@ -143,9 +145,10 @@ class ExtendedTarget:
             et = torch.as_tensor(eps[rows], dtype=torch.float64, device=self.device)
             y0, ds = flow_perturbation(self.flow, zt, et, self.estimator, self.sigma_b, self.fd_step, self.ode_steps)
             with torch.no_grad():
-                x[rows] = self.flow.to_configuration(y0).cpu().numpy()
+                xb, chart_log_det = self.flow.to_configuration_with_log_det(y0)  # −inf off the chart's domain
+                x[rows] = xb.cpu().numpy()
                 log_pz[rows] = self.flow.latent_log_prob(zt).cpu().numpy()
-            delta_s[rows] = ds.cpu().numpy()
+            delta_s[rows] = (ds + chart_log_det).cpu().numpy()
         energies = self.system.energy.evaluate(x, need_gradient=False).energy
         self.n_evaluations += n
         return x, energies, delta_s, log_pz
@@ -180,8 +183,8 @@ def _cnf_draw(flow: ContinuousFlow, seed: int, divergence: Callable[[torch.Tenso
         z = flow.sample_latent(size, generator)
         with torch.no_grad():
             y, log_det = flow.decode_with_log_det(z, divergence(z, generator), ode_steps)
-            log_q = flow.latent_log_prob(z) - log_det
-            x = flow.to_configuration(y)
+            x, chart_log_det = flow.to_configuration_with_log_det(y)  # −inf off the chart's domain: log q = +inf
+            log_q = flow.latent_log_prob(z) - log_det - chart_log_det
         log_q = log_q.cpu().numpy()
         return x.cpu().numpy(), np.where(np.isfinite(log_q), log_q, np.nan), None
 
@@ -343,8 +346,9 @@ def sample_fp_is(
         Seed of ``x_T`` and ``ε``.
     model : path or ContinuousFlow
         A continuous-flow file or object.
-    estimator : {"perturbed", "stretch"}
-        Flow-perturbation estimator (see :mod:`boltzflow.flows.continuous_perturbation`).
+    estimator : {"perturbed", "stretch", "hutchinson"}
+        Flow-perturbation estimator (see :mod:`boltzflow.flows.continuous_perturbation`), or the
+        biased ``"hutchinson"`` baseline.
     sigma_b : float, optional
         σ_B (default: the model's, which its σ_F was trained for).
     fd_step : float
@@ -363,7 +367,8 @@ def sample_fp_is(
     Returns
     -------
     SampleSet
-        Independent weighted samples, ``normalized_proposal=True`` (``E[ω] = Z``).
+        Independent weighted samples, ``normalized_proposal=True`` (``E[ω] = Z``; False for the
+        biased ``"hutchinson"`` weights).
     """
     flow, model_name = resolve_continuous_model(system, model)
     target = ExtendedTarget(system, flow, estimator, sigma_b, fd_step, ode_steps, batch_size)
@@ -376,7 +381,7 @@ def sample_fp_is(
     settings = {"estimator": estimator, "sigma_b": sigma_b if sigma_b is not None else flow.sigma_b,
                 "fd_step": fd_step, "ode_steps": ode_steps or flow.n_steps}
     return _importance(system, n, seed, "fp-is", model_name, draw, batch_size, progress, checkpoint,
-                       checkpoint_seconds, settings, True, {**settings, "ode_passes_per_sample": ODE_PASSES[estimator]})
+                       checkpoint_seconds, settings, estimator != "hutchinson", {**settings, "ode_passes_per_sample": ODE_PASSES[estimator]})
 
 
 def refresh_move(
@@ -477,8 +482,9 @@ def sample_fp(
         Coordinates ``K`` of ``x_T`` and of ``ε`` redrawn per move (``K ≥ d``: independent moves).
     init_candidates : int
         Each chain starts from one of this many prior draws, picked by weight (shortens warm-up).
-    estimator : {"perturbed", "stretch"}
-        Flow-perturbation estimator.
+    estimator : {"perturbed", "stretch", "hutchinson"}
+        Flow-perturbation estimator, or ``"hutchinson"``: the biased baseline on the same extended
+        space (``ε`` as its probe), for side-by-side comparisons.
     sigma_b : float, optional
         σ_B (default: the model's).
     fd_step : float

@@ -125,8 +125,9 @@ def sample_fp_smc(
         Refreshed coordinates per move at the first and the last temperature (geometric in between).
     ess_threshold : float
         Resample a replica when its Kish ESS is below this fraction of its particles.
-    estimator : {"perturbed", "stretch"}
-        Flow-perturbation estimator.
+    estimator : {"perturbed", "stretch", "hutchinson"}
+        Flow-perturbation estimator, or ``"hutchinson"``: the biased baseline on the same extended
+        space (``ε`` as its probe), for side-by-side comparisons.
     sigma_b : float, optional
         σ_B (default: the model's).
     fd_step : float
@@ -146,7 +147,7 @@ def sample_fp_smc(
     -------
     SampleSet
         The particles at ``β = 1``: configurations, energies and SMC log-weights (``E[mean w] = Z``,
-        ``normalized_proposal=True``), ``chain`` = replica, ``time`` = initial ancestor,
+        ``normalized_proposal=True``; False for the biased ``"hutchinson"`` weights), ``chain`` = replica, ``time`` = initial ancestor,
         ``correlated=True``. Metadata: ``acceptance_rates`` and ``refresh`` per temperature,
         ``n_resampling_events``, ``n_unique`` (distinct final particles), ``n_nonfinite_proposals``.
     """
@@ -222,7 +223,7 @@ def sample_fp_smc(
         chain=replica[order],
         time=origin[order],
         metadata=run_metadata(
-            system, "fp-smc", seed, correlated=True, normalized_proposal=True, model=model_name, **settings,
+            system, "fp-smc", seed, correlated=True, normalized_proposal=estimator != "hutchinson", model=model_name, **settings,
             acceptance_rates=[float(a) for a in info["acceptance"]],
             acceptance_rate=float(info["acceptance"][-1]),
             refresh=[int(k) for k in refresh],
