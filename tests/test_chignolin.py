@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import shutil
 import tomllib
 from pathlib import Path
@@ -244,3 +245,19 @@ def test_md_script_heavy_hydrogens_keep_total_mass(chignolin):
     assert after.sum() == pytest.approx(before.sum(), rel=1e-12)
     assert np.all(after[hydrogen] == 3.0) and np.all(after > 0.5)
     assert np.array_equal(masses(chignolin.openmm_system), before)  # the system itself is unchanged
+
+
+def test_shipped_md_reference_is_consistent(chignolin):
+    """data/make_chignolin_data.py's outputs: the reference entry is reliable where it claims to be, and the
+    shipped frames reproduce it (energies recomputed by OpenMM, folded fraction, ⟨u⟩ within errors)."""
+    entry = json.loads((ROOT / "data" / "reference.json").read_text())["chignolin_implicit"]["md"]
+    frames = bf.SampleSet.load(ROOT / "data" / "chignolin_implicit")
+    assert entry["run"]["temperature"] == 300.0 and entry["n"] >= 1000 and len(frames) >= 500
+    for key in ("folded", "d_y2w9"):
+        assert entry["observables"][key]["reliable"] and entry["observables"][key]["error"] < 0.02
+    assert entry["mean_energy"]["reliable"] and entry["mean_energy"]["error"] < 1.0
+    u = chignolin.energy.evaluate(frames.x[::20], need_gradient=False).energy
+    np.testing.assert_allclose(u, frames.energies[::20], atol=1e-3)
+    folded = chignolin.states["folded"](frames.x).mean()
+    assert abs(folded - entry["observables"]["folded"]["value"]) < 3 * entry["observables"]["folded"]["error"] + 0.01
+    assert abs(frames.energies.mean() - entry["mean_energy"]["value"]) < 3 * entry["mean_energy"]["error"]

@@ -9,8 +9,11 @@ Coordinates, from the system's to the latent space:
   translation invariant; or, for molecules, internal coordinates
   (:class:`~boltzflow.flows.internal_coordinates.InternalCoordinates`: bonds, angles, dihedrals,
   ``d = D − 6``), where a configuration's density carries ``log J`` of the chart
-  (:meth:`ContinuousFlow.to_configuration_with_log_det`), densities are per unit volume of the
-  quotient by rigid motions, and rows outside the chart's one-to-one domain get zero weight;
+  (:meth:`ContinuousFlow.to_configuration_with_log_det`) and densities are per unit volume of the
+  quotient by rigid motions. Each dihedral, measured from its branch cut (fitted in its emptiest
+  region), is carried from ``(−π, π)`` onto ``R`` by ``atanh`` (with its log-derivative), so a flow
+  on ``R^d`` never aliases a turn; rows with a negative bond or an angle outside ``(0, π)`` get
+  zero weight;
 * ``y`` → standardised ``s = (y − loc) / scale`` (per-coordinate mean and standard deviation of
   the training data, a constant log-determinant ``−Σ log scale``);
 * the ODE ``ds/dt = v(s, t)`` runs from data (``t = 0``) to latent (``t = 1``); the latent
@@ -177,7 +180,12 @@ class ContinuousFlow(nn.Module):
         if x.ndim != 2 or x.shape[1] != self.dim:
             raise ValueError(f"expected configurations of shape (batch, {self.dim}), got {tuple(x.shape)}")
         if self.internal is not None:
-            return self.internal.inverse(x)
+            y, log_det = self.internal.inverse(x)
+            d = self.internal.dihedrals
+            bound = math.pi / self.internal.scale[d].to(y)
+            ratio = (y[:, d] / bound).clamp(-1 + 1e-15, 1 - 1e-15)
+            w = bound * torch.atanh(ratio)  # (−π, π) of each dihedral onto R
+            return torch.cat([y[:, :d.start], w], 1), log_det - torch.log1p(-ratio * ratio).sum(1)
         return (x if self.centre is None else self.centre.inverse(x)[0]), x.new_zeros(x.shape[0])
 
     def to_configuration(self, y: torch.Tensor) -> torch.Tensor:
@@ -187,16 +195,21 @@ class ContinuousFlow(nn.Module):
     def to_configuration_with_log_det(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Configurations and ``log|det ∂x/∂y|`` of the chart.
 
-        0 for the identity and the centre-of-mass chart; ``log J`` of internal coordinates, and
-        ``−inf`` for rows outside their one-to-one domain
-        (:meth:`~boltzflow.flows.internal_coordinates.InternalCoordinates.in_domain`), whose
-        importance weights must be zero.
+        0 for the identity and the centre-of-mass chart; for internal coordinates ``log J`` plus
+        the ``tanh`` squashing of the dihedrals, and ``−inf`` for rows outside the chart's
+        one-to-one domain (:meth:`~boltzflow.flows.internal_coordinates.InternalCoordinates.in_domain`:
+        a negative bond, an angle outside ``(0, π)``), whose importance weights must be zero.
         """
         if y.ndim != 2 or y.shape[1] != self.latent_dim:
             raise ValueError(f"expected internal coordinates of shape (batch, {self.latent_dim}), got {tuple(y.shape)}")
         if self.internal is not None:
-            x, log_det = self.internal.forward(y)
-            return x, torch.where(self.internal.in_domain(y), log_det, -math.inf)
+            d = self.internal.dihedrals
+            bound = math.pi / self.internal.scale[d].to(y)
+            a = y[:, d] / bound
+            ic = torch.cat([y[:, :d.start], bound * torch.tanh(a)], 1)
+            log_sech_sq = -2 * (a.abs() + torch.log1p(torch.exp(-2 * a.abs())) - math.log(2.0))  # log(1 − tanh² a)
+            x, log_det = self.internal.forward(ic)
+            return x, torch.where(self.internal.in_domain(ic), log_det + log_sech_sq.sum(1), -math.inf)
         return (y if self.centre is None else self.centre.forward(y)[0]), y.new_zeros(y.shape[0])
 
     def standardize(self, y: torch.Tensor) -> torch.Tensor:
