@@ -370,3 +370,19 @@ def test_free_energy_profile_pools_multivalued_observables_and_rejects_bad_input
         free_energy_profile(samples, lambda v: np.full(len(v), np.nan), edges)
     with pytest.raises(ValueError, match="no bin"):
         pooled.difference(np.full(12, np.inf))
+
+
+def test_weighted_chains_whose_weight_sits_in_one_chain_are_flagged():
+    """SMC replicas carry their evidence in the weights: one replica holding all of it cannot be checked."""
+    rng = np.random.default_rng(5)
+    chain = np.repeat(np.arange(8), 50)
+    x = rng.normal(size=(400, 1))
+    shared = SampleSet(x=x, energies=np.zeros(400), log_weights=rng.normal(0, 0.3, 400), chain=chain,
+                          time=np.tile(np.arange(50), 8), metadata={"correlated": True})
+    ok = expectation(shared, lambda v: v[:, 0])
+    assert ok.reliable and ok.ess > 100
+    one = SampleSet(x=x, energies=np.zeros(400), log_weights=np.where(chain == 3, 0.0, -40.0), chain=chain,
+                       time=np.tile(np.arange(50), 8), metadata={"correlated": True})
+    with pytest.warns(LowESSWarning, match="effective samples"):
+        flagged = expectation(one, lambda v: v[:, 0])
+    assert not flagged.reliable and flagged.ess < 2 and flagged.error > ok.error

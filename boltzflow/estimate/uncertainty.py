@@ -13,6 +13,11 @@ mean's standard error is the estimate's standard error. :func:`estimate_error` t
   (:func:`between_chain_error`) is compared with that error: if it is larger than chance allows
   (a chi-square test at level :data:`SPREAD_TEST_LEVEL`, the idea behind R-hat), the chains
   disagree and the spread becomes the error. No error bar can see a state no chain has visited.
+  Weighted chains (SMC replicas, whose weights carry each replica's evidence) must also share the
+  weight: when it sits in fewer than :data:`MIN_EFFECTIVE_CHAINS` effective chains (Kish over the
+  chains' total weights) nothing checks that chain, so the inefficiency is raised until the ESS is
+  that effective number of chains — the estimate is then flagged (replicas whose evidences
+  disagree by many kT are the signature of an SMC that did not reach its target).
 * independent weighted samples: bootstrap (resampling whole samples) of the estimator itself;
 * independent unweighted samples: ``SE = std(psi) / sqrt(n)``.
 """
@@ -27,6 +32,7 @@ from scipy.stats import chi2
 
 from ..samples import SampleSet
 from ._pymbar import import_pymbar
+from .weights import ess
 
 
 MIN_CHAINS_FOR_SPREAD = 8
@@ -34,6 +40,9 @@ MIN_CHAINS_FOR_SPREAD = 8
 
 SPREAD_TEST_LEVEL = 0.999
 """Quantile of the chi-square test that decides whether chain means disagree."""
+
+MIN_EFFECTIVE_CHAINS = 2.0
+"""Fewest effective chains (Kish over the chains' total weights) that weighted chains must share their weight among."""
 
 
 class Uncertainty(NamedTuple):
@@ -75,6 +84,14 @@ def statistical_inefficiency(
         varies = values.size >= 3 and np.ptp(values) > 0
         total += values.size * (timeseries.statistical_inefficiency(values) if varies else 1.0)
     return total / series.size
+
+
+def _chain_weight_shares(samples: SampleSet) -> np.ndarray:
+    """Each chain's share of the total weight (finite log-weights)."""
+    _, index = np.unique(samples.chain, return_inverse=True)
+    w = np.exp(samples.log_weights - np.max(samples.log_weights))
+    totals = np.bincount(index, weights=w)
+    return totals / totals.sum()
 
 
 def between_chain_error(series: np.ndarray, chain: np.ndarray) -> float:
@@ -166,8 +183,16 @@ def estimate_error(
         return Uncertainty(math.inf, 1.0, "fewer than 2 samples")
     if samples.correlated:
         g = statistical_inefficiency(influence, samples.chain, samples.time)
-        error = math.sqrt(float(np.var(influence, ddof=1)) * g / n)
         n_chains = 1 if samples.chain is None else np.unique(samples.chain).size
+        if samples.is_weighted and n_chains >= 2:
+            shares = _chain_weight_shares(samples)
+            effective_chains = 1.0 / float(shares @ shares)
+            if effective_chains < MIN_EFFECTIVE_CHAINS:
+                g = max(g, ess(samples.log_weights) / effective_chains)
+                error = math.sqrt(float(np.var(influence, ddof=1)) * g / n)
+                return Uncertainty(error, g, f"weight in {effective_chains:.2g} of {n_chains} chains: "
+                                             "no other chain checks it")
+        error = math.sqrt(float(np.var(influence, ddof=1)) * g / n)
         if n_chains >= MIN_CHAINS_FOR_SPREAD:
             spread = between_chain_error(influence, samples.chain)
             # Same distribution in every chain: (C - 1) * (spread / error)^2 ~ chi2(C - 1).
