@@ -137,7 +137,7 @@ def plot(path: Path, reference: bf.SampleSet | None, runs: dict[str, bf.SampleSe
         label: (s, energy(s.x), _weights(s)) for label, s in runs.items()}
     all_u = np.concatenate([u[np.isfinite(u)] for _, u, _ in sets.values()])
     u_range = np.percentile(all_u, [0.5, 99.5]) if reference is None else (
-        np.percentile(reference.energies, 0.1) - 20, np.percentile(reference.energies, 99.9) + 60)
+        np.percentile(reference.energies, 0.1) - 20, np.percentile(reference.energies, 99.9) + 160)
     for label, (s, u, w) in sets.items():
         finite = np.isfinite(u)
         style = {"histtype": "step", "density": True, "lw": 2 if w is None else 1.3, "label": label}
@@ -217,6 +217,8 @@ def main(out: Path, data: Path, coordinates: str, kappa: float, hidden: list[int
         e = row["estimates"]
         z = row.get("z") or {}
         gap = "  ".join(f"{k} {z[k]:+.1f}σ" for k in QUANTITIES if k in z)
+        if not all(e[k].get("reliable", True) for k in QUANTITIES):
+            gap += "  UNRELIABLE (estimation layer)"
         acc = row.get("final_acceptance")
         print(f"{row['run']:38s} {_fmt(e['u']):>20s} {_fmt(e['folded']):>18s} {_fmt(e['d_y2w9']):>18s} "
               f"{row.get('relative_ess', float('nan')):9.4f} {str(row.get('n_unique') or ''):>7s} "
