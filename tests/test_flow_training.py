@@ -82,10 +82,11 @@ def test_double_well_free_energy_from_ml_then_kl():
     torch.manual_seed(0)
     flow = build_flow(system, n_layers=4, hidden=(32, 32), data=data)
     train(system, flow, data, n_iterations=200, batch_size=256, lr=3e-3, w_ml=1.0, w_kl=0.0, progress=False)
-    history = train(system, flow, data, n_iterations=150, batch_size=256, lr=3e-3, w_ml=0.0, w_kl=1.0, progress=False)
+    history = train(system, flow, data, n_iterations=400, batch_size=256, lr=3e-3, w_ml=0.0, w_kl=1.0, progress=False)
     assert history.n_dropped == 0
     samples = sample_flow(system, 10000, seed=1, model=flow, progress=False)
-    assert bf.estimate.relative_ess(samples) > 0.3
+    # 400 KL steps: 150 gave 0.4 on one CPU and 0.19 on another (floating-point differences in training)
+    assert bf.estimate.relative_ess(samples) > 0.5
     delta_f = bf.estimate.free_energy_difference(samples, lambda x: x[:, 0] < 0, lambda x: x[:, 0] > 0)
     assert delta_f.reliable
     assert abs(delta_f.value - exact) < 3 * delta_f.error
