@@ -45,6 +45,7 @@ import boltzflow as bf
 from boltzflow.energy import OrientationPrior
 from boltzflow.estimate.report import summarize
 from boltzflow.estimate.result import format_value_error
+from boltzflow.estimate.weights import normalized_log_weights
 from boltzflow.flows.continuous import build_continuous_flow, save_continuous_flow
 from boltzflow.flows.continuous_training import train_continuous_flow, train_sigma_f
 from boltzflow.io import atomic_write
@@ -117,12 +118,6 @@ def run(system: bf.System, model: Path, sampler: str, estimator: str, n: int, se
     return samples
 
 
-def _weights(samples: bf.SampleSet) -> np.ndarray:
-    log_w = np.where(np.isfinite(samples.log_weights), samples.log_weights, -np.inf)
-    w = np.exp(log_w - log_w.max())
-    return w / w.sum()
-
-
 def plot(path: Path, reference: bf.SampleSet | None, runs: dict[str, bf.SampleSet], system: bf.System,
          energy: Callable[[np.ndarray], np.ndarray]) -> None:
     """d_y2w9 and u (``energy``) histograms, reweighted, beside the MD frames; SMC acceptance along β."""
@@ -134,7 +129,7 @@ def plot(path: Path, reference: bf.SampleSet | None, runs: dict[str, bf.SampleSe
     d = system.observables["d_y2w9"]
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
     sets = ({"MD reference (300 K)": (reference, reference.energies, None)} if reference is not None else {}) | {
-        label: (s, energy(s.x), _weights(s)) for label, s in runs.items()}
+        label: (s, energy(s.x), np.exp(normalized_log_weights(s))) for label, s in runs.items()}
     all_u = np.concatenate([u[np.isfinite(u)] for _, u, _ in sets.values()])
     u_range = np.percentile(all_u, [0.5, 99.5]) if reference is None else (
         np.percentile(reference.energies, 0.1) - 20, np.percentile(reference.energies, 99.9) + 160)

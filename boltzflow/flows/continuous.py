@@ -181,12 +181,16 @@ class ContinuousFlow(nn.Module):
             raise ValueError(f"expected configurations of shape (batch, {self.dim}), got {tuple(x.shape)}")
         if self.internal is not None:
             y, log_det = self.internal.inverse(x)
-            d = self.internal.dihedrals
-            bound = math.pi / self.internal.scale[d].to(y)
+            d, bound = self._dihedral_bound(y)
             ratio = (y[:, d] / bound).clamp(-1 + 1e-15, 1 - 1e-15)
             w = bound * torch.atanh(ratio)  # (−π, π) of each dihedral onto R
             return torch.cat([y[:, :d.start], w], 1), log_det - torch.log1p(-ratio * ratio).sum(1)
         return (x if self.centre is None else self.centre.inverse(x)[0]), x.new_zeros(x.shape[0])
+
+    def _dihedral_bound(self, like: torch.Tensor) -> tuple[slice, torch.Tensor]:
+        """Where the dihedrals sit and ``π / scale``, each normalised dihedral's half-turn."""
+        d = self.internal.dihedrals
+        return d, math.pi / self.internal.scale[d].to(like)
 
     def to_configuration(self, y: torch.Tensor) -> torch.Tensor:
         """Internal coordinates ``(B, d)`` → configurations ``(B, D)`` (zero centre of mass or canonical frame)."""
@@ -203,8 +207,7 @@ class ContinuousFlow(nn.Module):
         if y.ndim != 2 or y.shape[1] != self.latent_dim:
             raise ValueError(f"expected internal coordinates of shape (batch, {self.latent_dim}), got {tuple(y.shape)}")
         if self.internal is not None:
-            d = self.internal.dihedrals
-            bound = math.pi / self.internal.scale[d].to(y)
+            d, bound = self._dihedral_bound(y)
             a = y[:, d] / bound
             ic = torch.cat([y[:, :d.start], bound * torch.tanh(a)], 1)
             log_sech_sq = -2 * (a.abs() + torch.log1p(torch.exp(-2 * a.abs())) - math.log(2.0))  # log(1 − tanh² a)
