@@ -3,7 +3,8 @@
 Part 1 — cost per importance weight at D = 525 (chignolin-sized: 175 atoms × 3). A continuous flow
 with a velocity MLP of realistic size (3 × 512 hidden, random weights: the cost does not depend on
 training) and 20 RK4 steps, on a 525-D two-mode Gaussian mixture. Per method: wall-clock per
-weight (energy included), the cost in ODE passes (velocity-network passes per RK4 stage: FP 2 or
+weight (energy included; the "+ gradient" rows: a weight and its gradient in (x_T, ε), what one
+tamed-MALA move of ``fp-smc`` costs per particle), the cost in ODE passes (velocity-network passes per RK4 stage: FP 2 or
 3; exact Jacobian 1 + D; Hutchinson 1 + probes), the same measured (time / time of one plain ODE
 pass), and the exact Jacobian's cost over each method's. FP and Hutchinson run in batches; the
 exact Jacobian on a few samples (it is linear in the batch).
@@ -36,6 +37,7 @@ from boltzflow.flows.continuous import ContinuousFlow, VelocityField, build_cont
 from boltzflow.flows.continuous_training import train_continuous_flow, train_sigma_f
 from boltzflow.flows.ode import HutchinsonDivergence, exact_divergence
 from boltzflow.samplers.flow_perturbation import ExtendedTarget
+from boltzflow.samplers.flow_perturbation_mala import log_omega_with_gradient
 
 
 def _timed(fn, repeats: int) -> float:
@@ -71,6 +73,9 @@ def cost_per_weight(dim: int, hidden: tuple[int, ...], n_steps: int, batch: int,
     def fp(estimator: str) -> None:
         ExtendedTarget(system, flow, estimator, batch_size=batch).evaluate(z_np, eps_np)
 
+    def fp_gradient(estimator: str) -> None:  # what one MALA move of fp-smc costs per particle
+        log_omega_with_gradient(ExtendedTarget(system, flow, estimator, batch_size=batch), z_np, eps_np)
+
     def hutchinson(n_probes: int) -> None:
         with torch.no_grad():
             flow.decode_with_log_det(z, HutchinsonDivergence.draw(n_probes, z, "rademacher", g))
@@ -87,6 +92,8 @@ def cost_per_weight(dim: int, hidden: tuple[int, ...], n_steps: int, batch: int,
         ("FP, stretch (central diff.)", "3", _timed(lambda: fp("stretch"), repeats) / batch),
         ("Hutchinson, 1 probe", "2", _timed(lambda: hutchinson(1), repeats) / batch),
         ("Hutchinson, 2 probes", "3", _timed(lambda: hutchinson(2), repeats) / batch),
+        ("FP perturbed + gradient (MALA)", "2 + backward", _timed(lambda: fp_gradient("perturbed"), repeats) / batch),
+        ("Hutchinson + gradient (MALA)", "2 + 2nd order", _timed(lambda: fp_gradient("hutchinson"), repeats) / batch),
         ("exact Jacobian trace", f"1 + D = {1 + dim}", _timed(exact, max(1, repeats // 3)) / exact_samples),
     ]
     exact_cost = rows[-1][2]
@@ -94,9 +101,9 @@ def cost_per_weight(dim: int, hidden: tuple[int, ...], n_steps: int, batch: int,
           f"{n_steps} RK4 steps, float64, {device}, {torch.get_num_threads()} thread(s); batch {batch}, "
           f"exact Jacobian on {exact_samples} samples; median of {repeats}")
     print(f"one plain ODE pass: {per_pass * 1e3:.2f} ms per sample\n")
-    print(f"{'method':<29} {'ODE passes':>12} {'measured':>9} {'ms / weight':>12} {'exact / method':>15}")
+    print(f"{'method':<31} {'ODE passes':>14} {'measured':>9} {'ms / weight':>12} {'exact / method':>15}")
     for label, passes, seconds in rows:
-        print(f"{label:<29} {passes:>12} {seconds / per_pass:9.1f} {seconds * 1e3:12.2f} {exact_cost / seconds:15.1f}")
+        print(f"{label:<31} {passes:>14} {seconds / per_pass:9.1f} {seconds * 1e3:12.2f} {exact_cost / seconds:15.1f}")
     print("\n(ODE passes: velocity-network passes per RK4 stage; 'measured' = wall time / one plain ODE pass. "
           "Hutchinson's weights are biased, FP's are not.)")
 

@@ -106,9 +106,15 @@ def run(system: bf.System, model: Path, sampler: str, estimator: str, n: int, se
         out: Path) -> bf.SampleSet:
     """One run (loaded from ``out`` when it finished before; resumed from its checkpoint if it was cut)."""
     folder = out / f"{sampler}-{estimator}"
-    if (folder / "samples.npz").exists():
-        return bf.SampleSet.load(folder)
     options = smc if sampler == "fp-smc" else {"batch_size": smc["batch_size"]}
+    if (folder / "samples.npz").exists():
+        samples = bf.SampleSet.load(folder)
+        changed = {k: (samples.metadata.get(k), v) for k, v in options.items()
+                   if k != "batch_size" and samples.metadata.get(k) != v}
+        if changed:
+            raise SystemExit(f"{folder} holds a run with other settings (stored, requested: {changed}); "
+                             "choose another --out or delete it")
+        return samples
     start = time.perf_counter()
     samples = bf.sample(system, sampler, n=n, seed=seed, model=str(model), estimator=estimator,
                         checkpoint=out / f"{sampler}-{estimator}.checkpoint.npz", **options)
@@ -145,9 +151,13 @@ def plot(path: Path, reference: bf.SampleSet | None, runs: dict[str, bf.SampleSe
     for label, s in runs.items():
         if "acceptance_rates" in s.metadata:
             rates = np.asarray(s.metadata["acceptance_rates"], dtype=float)
-            axes[2].plot(np.arange(1, len(rates) + 1), rates, label=label)
+            line, = axes[2].plot(np.arange(1, len(rates) + 1), rates, label=f"{label}, refresh")
+            if "mala_acceptance_rates" in s.metadata:
+                rates = np.asarray(s.metadata["mala_acceptance_rates"], dtype=float)
+                axes[2].plot(np.arange(1, len(rates) + 1), rates, ls="--", color=line.get_color(),
+                             label=f"{label}, MALA")
     axes[2].set(xlabel="temperature index j (β rises to 1)", ylabel="acceptance", yscale="log",
-                title="SMC Metropolis acceptance")
+                title="SMC acceptance (refresh and gradient moves)")
     for ax in axes:
         ax.legend(fontsize=7)
     fig.tight_layout()
@@ -179,7 +189,7 @@ def _fmt(e: dict) -> str:
 
 def main(out: Path, data: Path, coordinates: str, kappa: float, hidden: list[int], iterations: int, ode_steps: int, n: int,
          n_temperatures: int, mcmc_steps: int, n_replicas: int, k_max: int, k_min: int, seed: int,
-         batch_size: int) -> dict:
+         batch_size: int, gradient_steps: int = 0, mala_step: float = 1e-3) -> dict:
     torch.set_num_threads(1)
     out.mkdir(parents=True, exist_ok=True)
     system = bf.load_system(NAME)
@@ -194,7 +204,7 @@ def main(out: Path, data: Path, coordinates: str, kappa: float, hidden: list[int
     entry = reference_estimates(NAME) or {}
     md = entry.get("md")
     smc = {"n_temperatures": n_temperatures, "mcmc_steps": mcmc_steps, "n_replicas": n_replicas, "k_max": k_max,
-           "k_min": k_min, "batch_size": batch_size}
+           "k_min": k_min, "batch_size": batch_size, "gradient_steps": gradient_steps, "mala_step": mala_step}
     runs = {label: run(target, model, sampler, estimator, n, seed, smc, out)
             for label, (sampler, estimator) in RUNS.items()}
     rows = []
@@ -249,6 +259,10 @@ if __name__ == "__main__":
     parser.add_argument("--k-max", type=int, default=100, help="refreshed coordinates per move at the first β")
     parser.add_argument("--k-min", type=int, default=2, help="... and at β = 1")
     parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--gradient-steps", type=int, default=0,
+                        help="tamed-MALA moves per temperature after the Metropolis moves (autograd through the flow)")
+    parser.add_argument("--mala-step", type=float, default=1e-3, help="initial MALA step h (adapted)")
     parser.add_argument("--seed", type=int, default=0)
     a = parser.parse_args()
-    main(a.out, a.data, a.coordinates, a.kappa, a.hidden, a.iterations, a.ode_steps, a.n, a.temperatures, a.mcmc_steps, a.replicas, a.k_max, a.k_min, a.seed, a.batch_size)
+    main(a.out, a.data, a.coordinates, a.kappa, a.hidden, a.iterations, a.ode_steps, a.n, a.temperatures,
+         a.mcmc_steps, a.replicas, a.k_max, a.k_min, a.seed, a.batch_size, a.gradient_steps, a.mala_step)

@@ -4,6 +4,7 @@ import importlib.util
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
@@ -35,7 +36,7 @@ def test_chignolin_flow_perturbation_example_runs_end_to_end(tmp_path, capsys):
     data = _load("chignolin_flow_perturbation")
     summary = data.main(out=tmp_path, data=EXAMPLES.parent / "data" / "chignolin_implicit", coordinates="cartesian", kappa=100.0, hidden=[16],
                         iterations=20, ode_steps=2, n=16, n_temperatures=3, mcmc_steps=1, n_replicas=2, k_max=10,
-                        k_min=2, seed=0, batch_size=16)
+                        k_min=2, seed=0, batch_size=16, gradient_steps=1)
     assert [row["run"] for row in summary["runs"]] == ["flow as drawn (unweighted)", *data.RUNS]
     assert summary["reference"]["run"] == "MD reference" and set(summary["runs"][2]["z"]) == set(data.QUANTITIES)
     assert (tmp_path / "chignolin_fp.png").stat().st_size > 10_000 and (tmp_path / "cnf.pt").exists()
@@ -43,6 +44,11 @@ def test_chignolin_flow_perturbation_example_runs_end_to_end(tmp_path, capsys):
 
     hutchinson = bf.SampleSet.load(tmp_path / "fp-smc-hutchinson")
     assert hutchinson.metadata["estimator"] == "hutchinson" and hutchinson.metadata["normalized_proposal"] is False
+    assert len(hutchinson.metadata["mala_acceptance_rates"]) == 3  # gradient moves through the orientation prior too
+    with pytest.raises(SystemExit, match="other settings"):  # a stored run is never silently reused for new settings
+        data.main(out=tmp_path, data=tmp_path, coordinates="cartesian", kappa=100.0, hidden=[16], iterations=20,
+                  ode_steps=2, n=16, n_temperatures=4, mcmc_steps=1, n_replicas=2, k_max=10, k_min=2, seed=0,
+                  batch_size=16)
     system = bf.load_system("chignolin_implicit")
     _, prior = data.orientation_target(system, 100.0)
     u = system.energy.evaluate(hutchinson.x, need_gradient=False).energy

@@ -228,13 +228,14 @@ def test_failed_energies_get_zero_weight_and_are_never_accepted(toy):
 
 
 @pytest.mark.parametrize("sampler, options", [("fp-smc", {"n_temperatures": 6}), ("fp", {"n_chains": 4, "warmup": 5}),
-                                              ("fp-is", {"batch_size": 50})])  # fp-is: one energy call per batch
+                                              ("fp-is", {"batch_size": 50}),
+                                              ("fp-smc", {"n_temperatures": 6, "gradient_steps": 1})])  # fp-is: one energy call per batch
 def test_interrupted_runs_resume_to_the_same_samples(toy, tmp_path, sampler, options):
     _, flow, _ = toy
     run = dict(n=200, seed=11, model=flow, progress=False, **options)
     reference = bf.sample(bf.System(name="walled", energy=WalledMixture(), temperature=1.0, x0=[1.5]), sampler, **run)
     ckpt = tmp_path / "ckpt.npz"
-    system = bf.System(name="walled", energy=WalledMixture(interrupt_after=2 if sampler == "fp-is" else 4),
+    system = bf.System(name="walled", energy=WalledMixture(interrupt_after=2 if sampler == "fp-is" else 9 if "gradient_steps" in options else 4),
                        temperature=1.0, x0=[1.5])
     with pytest.raises(KeyboardInterrupt):
         bf.sample(system, sampler, **run, checkpoint=ckpt, checkpoint_seconds=0.0)

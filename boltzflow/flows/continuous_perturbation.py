@@ -102,6 +102,7 @@ def flow_perturbation(
     sigma_b: float | None = None,
     fd_step: float = 1e-3,
     n_steps: int | None = None,
+    differentiable: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Configuration (internal coordinates) and ``ΔS`` of extended samples ``(x_T, ε)``.
 
@@ -119,6 +120,9 @@ def flow_perturbation(
         ``δ`` of ``"stretch"``.
     n_steps : int, optional
         RK4 steps (default: the flow's).
+    differentiable : bool
+        Keep the autograd graph from ``z`` and ``eps`` (gradient-based moves on the extended space;
+        second order through the velocity for ``"hutchinson"``); default: no graph.
 
     Returns
     -------
@@ -132,9 +136,9 @@ def flow_perturbation(
     if z.shape != eps.shape or z.ndim != 2 or z.shape[1] != flow.latent_dim:
         raise ValueError(f"x_T and eps must both have shape (batch, {flow.latent_dim}), got {tuple(z.shape)}, "
                          f"{tuple(eps.shape)}")
-    with torch.no_grad():
+    with torch.set_grad_enabled(differentiable):
         if estimator == "hutchinson":
-            return flow.decode_with_log_det(z, HutchinsonDivergence(eps.unsqueeze(0)), n_steps)
+            return flow.decode_with_log_det(z, HutchinsonDivergence(eps.unsqueeze(0), differentiable), n_steps)
         x0 = flow.decode(z, n_steps)
         if estimator == "stretch":
             return x0, stretch_delta_s(lambda y: flow.encode(y, n_steps), x0, eps, fd_step)

@@ -155,12 +155,16 @@ class HutchinsonDivergence:
     probes : torch.Tensor
         ``(n_probes, B, D)`` probe vectors (see :meth:`draw`), reused at every stage of the path so
         that the integrated estimate is unbiased for the integrated divergence.
+    differentiable : bool
+        Keep the graph (second-order autograd through the velocity) so that the estimate can be
+        differentiated with respect to the path's start and the probes; default: detached values.
     """
 
-    def __init__(self, probes: torch.Tensor) -> None:
+    def __init__(self, probes: torch.Tensor, differentiable: bool = False) -> None:
         if probes.ndim != 3 or probes.shape[0] < 1:
             raise ValueError(f"probes must have shape (n_probes >= 1, batch, dim), got {tuple(probes.shape)}")
         self.probes = probes
+        self.differentiable = differentiable
 
     @classmethod
     def draw(
@@ -194,11 +198,18 @@ class HutchinsonDivergence:
     def __call__(self, velocity: Velocity, x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.probes.shape[1:] != x.shape:
             raise ValueError(f"probes {tuple(self.probes.shape)} do not fit the batch {tuple(x.shape)}")
+        n = self.probes.shape[0]
+        if self.differentiable:
+            with torch.enable_grad():
+                xg = x if x.requires_grad else x.detach().requires_grad_(True)
+                v = velocity(xg, t)
+                total = sum((torch.autograd.grad(v, xg, probe, create_graph=True)[0] * probe).sum(-1)
+                            for probe in self.probes)
+            return v, total / n
         with torch.enable_grad():
             xg = x.detach().requires_grad_(True)
             v = velocity(xg, t.detach())
             total = x.new_zeros(x.shape[0])
-            n = self.probes.shape[0]
             for p, probe in enumerate(self.probes):
                 (vjp,) = torch.autograd.grad(v, xg, probe, retain_graph=p < n - 1)
                 total = total + (vjp * probe).sum(-1)

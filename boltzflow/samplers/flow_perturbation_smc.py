@@ -9,7 +9,9 @@ Particles start from the priors ``x_T ~ N(0, I)``, ``ε ~ N(0, I)`` and are carr
    ``E[mean W] = Z``;
 3. ``mcmc_steps`` Metropolis moves on ``π_β`` (:func:`~.flow_perturbation.refresh_move`) refreshing
    ``K_j`` coordinates, ``K`` annealed geometrically from ``k_max`` (bold moves while the target is
-   flat) to ``k_min``.
+   flat) to ``k_min``; then ``gradient_steps`` tamed-MALA moves (:mod:`.flow_perturbation_mala`:
+   autograd through the flow and the forces), their step adapted after every temperature towards
+   an acceptance of 0.574.
 
 The particles run as ``n_replicas`` independent SMC populations in one batch. The SampleSet holds
 the particles at ``β = 1`` with their final log-weights; they are correlated (common ancestors),
@@ -33,6 +35,7 @@ from ..samples import SampleSet
 from ..systems.system import System
 from .checkpoint import Checkpoint
 from .flow_perturbation import ODE_PASSES, ExtendedTarget, refresh_move, resolve_continuous_model
+from .flow_perturbation_mala import adapt_step, log_omega_with_gradient, mala_move
 from .metadata import run_metadata
 
 
@@ -92,6 +95,8 @@ def sample_fp_smc(
     k_max: int = 100,
     k_min: int = 2,
     ess_threshold: float = 0.95,
+    gradient_steps: int = 0,
+    mala_step: float = 1e-3,
     estimator: str = "perturbed",
     sigma_b: float | None = None,
     fd_step: float = 1e-3,
@@ -125,6 +130,11 @@ def sample_fp_smc(
         Refreshed coordinates per move at the first and the last temperature (geometric in between).
     ess_threshold : float
         Resample a replica when its Kish ESS is below this fraction of its particles.
+    gradient_steps : int
+        Tamed-MALA moves per temperature after the refresh moves (0: none). Each costs about three
+        refresh moves and moves every coordinate along ``∇ log π_β``.
+    mala_step : float
+        Initial MALA step ``h`` (noise variance per coordinate), adapted after every temperature.
     estimator : {"perturbed", "stretch", "hutchinson"}
         Flow-perturbation estimator, or ``"hutchinson"``: the biased baseline on the same extended
         space (``ε`` as its probe), for side-by-side comparisons.
@@ -148,13 +158,16 @@ def sample_fp_smc(
     SampleSet
         The particles at ``β = 1``: configurations, energies and SMC log-weights (``E[mean w] = Z``,
         ``normalized_proposal=True``; False for the biased ``"hutchinson"`` weights), ``chain`` = replica, ``time`` = initial ancestor,
-        ``correlated=True``. Metadata: ``acceptance_rates`` and ``refresh`` per temperature,
+        ``correlated=True``. Metadata: ``acceptance_rates`` and ``refresh`` per temperature (and
+        ``mala_acceptance_rates``, ``mala_steps`` with gradient moves),
         ``n_resampling_events``, ``n_unique`` (distinct final particles), ``n_nonfinite_proposals``.
     """
     flow, model_name = resolve_continuous_model(system, model)
     target = ExtendedTarget(system, flow, estimator, sigma_b, fd_step, ode_steps, batch_size)
-    if n < 2 or n_replicas < 1 or n_temperatures < 1 or mcmc_steps < 0:
-        raise ValueError("need n >= 2, n_replicas >= 1, n_temperatures >= 1 and mcmc_steps >= 0")
+    if n < 2 or n_replicas < 1 or n_temperatures < 1 or mcmc_steps < 0 or gradient_steps < 0:
+        raise ValueError("need n >= 2, n_replicas >= 1, n_temperatures >= 1, mcmc_steps >= 0 and gradient_steps >= 0")
+    if not mala_step > 0:
+        raise ValueError(f"mala_step must be positive, got {mala_step}")
     if not 0 < ess_threshold <= 1:
         raise ValueError(f"ess_threshold must be in (0, 1], got {ess_threshold}")
     n_replicas = min(n_replicas, n // 2)
@@ -164,22 +177,26 @@ def sample_fp_smc(
     replica = np.concatenate([np.full(len(g), r) for r, g in enumerate(groups)])
     settings = {"n_replicas": n_replicas, "n_temperatures": n_temperatures, "mcmc_steps": mcmc_steps,
                 "beta_min": beta_min, "k_max": k_max, "k_min": k_min, "ess_threshold": ess_threshold,
-                "estimator": estimator, "sigma_b": sigma_b if sigma_b is not None else flow.sigma_b,
+                "gradient_steps": gradient_steps, "mala_step": mala_step, "estimator": estimator, "sigma_b": sigma_b if sigma_b is not None else flow.sigma_b,
                 "fd_step": fd_step, "ode_steps": ode_steps or flow.n_steps}
     ckpt = Checkpoint(checkpoint, run={"system": system.name, "sampler": "fp-smc", "n": n, "seed": seed,
                                        "model": model_name, **settings}, every_seconds=checkpoint_seconds)
     rng = np.random.default_rng(seed)
-    info = {"step": 0, "acceptance": [], "resampled": 0, "nonfinite": 0, "evaluations": 0}
+    info = {"step": 0, "acceptance": [], "mala_acceptance": [], "mala_steps": [], "h": mala_step, "resampled": 0,
+            "nonfinite": 0, "evaluations": 0}
     resumed = ckpt.load()
     if resumed is not None:
         arrays, info = resumed
-        z, eps, x, u, log_w, log_big_w, origin = (arrays[k] for k in ("z", "eps", "x", "u", "log_w", "W", "origin"))
+        z, eps, x, u, log_w, log_big_w, origin, grad, stale = (
+            arrays[k] for k in ("z", "eps", "x", "u", "log_w", "W", "origin", "grad", "stale"))
         rng.bit_generator.state = info.pop("rng")
     else:
         z, eps = rng.standard_normal((n, target.dim)), rng.standard_normal((n, target.dim))
         x, u, log_w = target.evaluate(z, eps)
         log_big_w = np.zeros(n)
         origin = np.arange(n)
+        grad = np.full((n, 2 * target.dim) if gradient_steps else (n, 0), np.nan)  # ∇ log ω of each state
+        stale = np.ones(n, dtype=bool)  # gradients not computed for the current state yet
     evaluated = info["evaluations"]  # weight evaluations of earlier sessions of a resumed run
     bar = tqdm(total=n_temperatures, initial=info["step"], desc=f"FP-SMC {system.name}", disable=not progress,
                unit="β")
@@ -197,6 +214,7 @@ def sample_fp_smc(
                                      "(failed energies or a diverging flow)")
                 pick = rows[systematic_resample(lw, rng)]
                 z[rows], eps[rows], x[rows], u[rows], log_w[rows] = z[pick], eps[pick], x[pick], u[pick], log_w[pick]
+                grad[rows], stale[rows] = grad[pick], stale[pick]
                 origin[rows] = origin[pick]
                 log_big_w[rows] = logsumexp(lw) - math.log(len(rows))
                 info["resampled"] += 1
@@ -205,14 +223,29 @@ def sample_fp_smc(
             z, eps, x, u, log_w, ok, n_nonfinite = refresh_move(target, z, eps, x, u, log_w, betas[j], refresh[j], rng)
             accepted += int(ok.sum())
             info["nonfinite"] += n_nonfinite
+            stale |= ok
         info["acceptance"].append(accepted / max(n * mcmc_steps, 1))
+        if gradient_steps:
+            if stale.any():
+                grad[stale] = log_omega_with_gradient(target, z[stale], eps[stale])[3]
+                stale[:] = False
+            accepted = 0
+            for _ in range(gradient_steps):
+                z, eps, x, u, log_w, grad, ok, n_nonfinite = mala_move(target, z, eps, x, u, log_w, grad, betas[j],
+                                                                       info["h"], rng)
+                accepted += int(ok.sum())
+                info["nonfinite"] += n_nonfinite
+            info["mala_acceptance"].append(accepted / (n * gradient_steps))
+            info["mala_steps"].append(info["h"])
+            info["h"] = adapt_step(info["h"], info["mala_acceptance"][-1])
         info["step"] = j + 1
         info["evaluations"] = evaluated + target.n_evaluations
         bar.update(1)
         bar.set_postfix(beta=f"{betas[j]:.3f}", K=int(refresh[j]), acc=f"{info['acceptance'][-1]:.2f}",
-                        ess=f"{min(ess):.2f}")
+                        ess=f"{min(ess):.2f}", **({"mala": f"{info['mala_acceptance'][-1]:.2f}"} if gradient_steps else {}))
         if ckpt.due() or (info["step"] == n_temperatures and ckpt.path is not None):
-            ckpt.save({"z": z, "eps": eps, "x": x, "u": u, "log_w": log_w, "W": log_big_w, "origin": origin},
+            ckpt.save({"z": z, "eps": eps, "x": x, "u": u, "log_w": log_w, "W": log_big_w, "origin": origin,
+                       "grad": grad, "stale": stale},
                       {**info, "rng": rng.bit_generator.state})
     bar.close()
     order = np.lexsort((origin, replica))  # within a replica, descendants of one ancestor side by side
@@ -226,6 +259,8 @@ def sample_fp_smc(
             system, "fp-smc", seed, correlated=True, normalized_proposal=estimator != "hutchinson", model=model_name, **settings,
             acceptance_rates=[float(a) for a in info["acceptance"]],
             acceptance_rate=float(info["acceptance"][-1]),
+            **({"mala_acceptance_rates": [float(a) for a in info["mala_acceptance"]],
+                "mala_steps": [float(h) for h in info["mala_steps"]]} if gradient_steps else {}),
             refresh=[int(k) for k in refresh],
             n_resampling_events=int(info["resampled"]),
             n_unique=int(np.unique(x, axis=0).shape[0]),
