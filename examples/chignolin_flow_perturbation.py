@@ -226,7 +226,7 @@ def main(out: Path, data: Path, coordinates: str, kappa: float, hidden: list[int
             gap += "  UNRELIABLE (estimation layer)"
         acc = row.get("final_acceptance")
         print(f"{row['run']:38s} {_fmt(e['u']):>20s} {_fmt(e['folded']):>18s} {_fmt(e['d_y2w9']):>18s} "
-              f"{row.get('relative_ess', float('nan')):9.4f} {str(row.get('n_unique') or ''):>7s} "
+              f"{row.get('relative_ess', float('nan')):9.4f} {row.get('n_unique') or ''!s:>7s} "
               f"{'' if acc is None else f'{acc:.3f}':>9s}  {gap}")
     if md is None:
         print(f"(no MD reference for {NAME} in data/reference.json: run data/make_chignolin_data.py)")
