@@ -2,7 +2,7 @@
 
 The flows here are deliberately wrong and need no training: closed-form velocity fields whose
 samples look nothing like the target. Truth comes from quadrature (1D mixture), equipartition
-(a translation-invariant harmonic cluster) or the exact mixture (10D, slow). Unbiased estimators
+(a translation-invariant harmonic cluster) or the exact mixture (10D; 1000D is marked slow). Unbiased estimators
 must agree with the truth within their own errors; single-probe Hutchinson weights must not.
 """
 
@@ -323,10 +323,9 @@ def test_gaussian_mixture_systems_and_exact_reference(name, dim):
     assert exact["delta_f_b_minus_a"] == pytest.approx(-math.log(3.0), abs=1e-4)
 
 
-# ---------------------------------------------------------------- 10D Gaussian mixture, trained flow (slow)
+# ---------------------------------------------------------------- Gaussian mixtures, trained flows
 
 
-@pytest.mark.slow
 def test_gmm10_fp_smc_mode_fraction_from_a_mis_weighted_flow():
     system = bf.load_system("gmm10")
     exact = system.energy.coordinate_cdf(0, 0.0)
