@@ -49,9 +49,10 @@ from boltzflow.estimate.weights import normalized_log_weights
 from boltzflow.flows.continuous import build_continuous_flow, save_continuous_flow
 from boltzflow.flows.continuous_training import train_continuous_flow, train_sigma_f
 from boltzflow.io import atomic_write
-from boltzflow.reference_data import builtin_data_dir, reference_estimates
+from boltzflow.reference_data import reference_estimates
 
 NAME = "chignolin_implicit"
+DATA = Path(__file__).resolve().parents[1] / "data" / NAME  # MD frames: in the repository, not in the wheel
 RUNS = {  # label: (sampler, estimator)
     "fp-is (flow as drawn, FP weights)": ("fp-is", "perturbed"),
     "fp-smc (flow perturbation)": ("fp-smc", "perturbed"),
@@ -234,8 +235,7 @@ def main(out: Path, data: Path, coordinates: str, kappa: float, hidden: list[int
                "orientation_kappa": kappa if coordinates == "cartesian" else None, "n": n, "seed": seed, "smc": smc, "reference": md_row, "runs": rows}
     text = json.dumps(summary, indent=1, default=float)
     atomic_write(out / "summary.json", lambda f: f.write(text.encode()))
-    reference_folder = builtin_data_dir() / NAME
-    reference = bf.SampleSet.load(reference_folder) if (reference_folder / "samples.npz").exists() else None
+    reference = bf.SampleSet.load(DATA) if (DATA / "samples.npz").exists() else None
     plot(out / "chignolin_fp.png", reference, runs, system, energy)
     print(f"wrote {out / 'summary.json'} and {out / 'chignolin_fp.png'}")
     return summary
@@ -244,7 +244,7 @@ def main(out: Path, data: Path, coordinates: str, kappa: float, hidden: list[int
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("runs/chignolin_fp"))
-    parser.add_argument("--data", type=Path, default=builtin_data_dir() / NAME / "training",
+    parser.add_argument("--data", type=Path, default=DATA / "training",
                         help="training frames (default: those of data/make_chignolin_data.py)")
     parser.add_argument("--coordinates", choices=["internal", "cartesian"], default="internal",
                         help="the flow's coordinates: bonds/angles/dihedrals, or Cartesian with the orientation prior")

@@ -35,7 +35,7 @@ import torch
 
 import boltzflow as bf
 from boltzflow.flows import build_flow, load_model, save_model, train
-from boltzflow.reference_data import MODEL_FILE, builtin_data_dir, reference_estimates
+from boltzflow.reference_data import MODEL_FILE, reference_estimates
 
 ROOT = Path(__file__).resolve().parents[1]
 NAME = "tetrahedron_field"
@@ -108,8 +108,8 @@ def main() -> None:
     load_model(candidate, system)  # the saved file rebuilds
     passed, report = evaluate(system, candidate)
     if passed:
-        (builtin_data_dir() / NAME).mkdir(exist_ok=True)
-        shutil.copyfile(candidate, builtin_data_dir() / NAME / MODEL_FILE)
+        (ROOT / "data" / NAME).mkdir(exist_ok=True)
+        shutil.copyfile(candidate, ROOT / "data" / NAME / MODEL_FILE)
         print(f"{NAME}: shipped as data/{NAME}/{MODEL_FILE} ({seconds:.0f} s of training steps)\n{report}")
     else:
         print(f"{NAME}: NOT shipped, kept in {candidate} ({seconds:.0f} s of training steps)\n{report}")

@@ -35,7 +35,7 @@ import torch
 
 import boltzflow as bf
 from boltzflow.flows import augment_particle_symmetries, build_flow, save_model, split_holdout, train
-from boltzflow.reference_data import MODEL_FILE, builtin_data_dir, reference_estimates
+from boltzflow.reference_data import MODEL_FILE, reference_estimates
 from boltzflow.systems.observables import Coordinate, PairDistances
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -97,7 +97,7 @@ def main() -> None:
         ess = bf.estimate.relative_ess(samples)
         verdict = f"relative ESS {ess:.3f}; worst well-region profile deviation {worst:+.3f} kT (bin error {error:.3f})"
         if abs(worst) < 0.1 and ess > 0.05:  # the quality gate for shipping it as the system's default
-            shutil.copyfile(candidate, builtin_data_dir() / name / MODEL_FILE)
+            shutil.copyfile(candidate, ROOT / "data" / name / MODEL_FILE)
             print(f"{name}: shipped as data/{name}/{MODEL_FILE} ({time.time() - start:.0f} s); {verdict}")
         else:
             print(f"{name}: NOT shipped, kept in {candidate} ({time.time() - start:.0f} s); {verdict}")

@@ -105,6 +105,8 @@ def test_normalized_log_weights_and_sample_set_input() -> None:
 def test_estimate_formatting_and_dict() -> None:
     assert str(Estimate(4.7123, 0.0812)) == "4.71 ± 0.08"
     assert str(Estimate(4.7123, 0.0123)) == "4.712 ± 0.012"
+    assert str(Estimate(1.3e-249, 3e-146)) == "0 ± 3e-146"  # below the error's last digit
+    assert str(Estimate(2.5e-12, 1.3e-12)) == "2.5e-12 ± 1.3e-12"
     loud = Estimate(float("nan"), float("inf"), reliable=False, message="no weight")
     assert "UNRELIABLE: no weight" in str(loud)
     assert json.loads(json.dumps(Estimate(1.0, 0.1, ess=3, n=5, method="m").to_dict()))["ess"] == 3.0

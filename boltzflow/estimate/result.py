@@ -73,8 +73,9 @@ def format_value_error(value: float, error: float) -> tuple[str, str]:
     exponent = math.floor(math.log10(error))
     digits = 2 if error / 10.0**exponent < 2 else 1
     decimals = digits - 1 - exponent
-    if decimals > 10:
-        return f"{value:.6g}", f"{error:.{digits}g}"
+    if decimals > 10:  # tiny errors: a value below the error's last digit reads 0, not 1.3e-249
+        shown = f"{value:.6g}" if round(value / 10.0**exponent, digits - 1) else "0"
+        return shown, f"{error:.{digits}g}"
     if decimals < 0:
         return f"{round(value, decimals):.0f}", f"{round(error, decimals):.0f}"
     return f"{value:.{decimals}f}", f"{error:.{decimals}f}"
