@@ -1,7 +1,7 @@
 """Flow perturbation: unbiased weights without the Jacobian, and the samplers built on them.
 
-The flows here are deliberately wrong and need no training: closed-form velocity fields whose
-samples look nothing like the target. Truth comes from quadrature (1D mixture), equipartition
+The flows here are deliberately wrong: closed-form velocity fields whose samples look nothing like
+the target, or (Gaussian mixtures) flows trained on data with the wrong mode weights. Truth comes from quadrature (1D mixture), equipartition
 (a translation-invariant harmonic cluster) or the exact mixture (10D; 1000D is marked slow). Unbiased estimators
 must agree with the truth within their own errors; single-probe Hutchinson weights must not.
 """
