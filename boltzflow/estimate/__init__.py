@@ -3,22 +3,26 @@
 This is the only place where sample weights become numbers. Estimators read nothing but the
 sample arrays and the ``correlated`` / ``normalized_proposal`` metadata flags, never which sampler
 produced the samples. Every estimate is an :class:`Estimate` (value, standard error, effective
-sample size, reliability flag); estimates from fewer than ``min_ess`` effective samples warn with
-:class:`LowESSWarning` and are flagged unreliable.
+sample size, reliability flag, Pareto k̂ of the weights); estimates from fewer than ``min_ess``
+effective samples warn with :class:`LowESSWarning` and are flagged unreliable, and so are those from
+independent importance weights whose tail is too heavy (:class:`HeavyTailedWeightsWarning`, see
+:mod:`.pareto`). Importing this package needs neither torch nor OpenMM.
 """
 
 from .diagnostics import integrated_autocorrelation_time, r_hat
 from .free_energy import bar, exp_average, free_energy_difference, free_energy_difference_between_states
 from .importance import expectation, log_partition_function
+from .pareto import pareto_k, pareto_k_threshold, psis_log_weights
 from .profile import FreeEnergyProfile, free_energy_profile
 from .report import format_table, summarize
-from .result import Estimate, LowESSWarning
-from .uncertainty import bootstrap_error, estimate_error, statistical_inefficiency
+from .result import Estimate, HeavyTailedWeightsWarning, LowESSWarning
+from .uncertainty import bootstrap_error, estimate_error, multichain_ess, statistical_inefficiency
 from .weights import ess, normalized_log_weights, relative_ess
 
 __all__ = [
     "Estimate",
     "FreeEnergyProfile",
+    "HeavyTailedWeightsWarning",
     "LowESSWarning",
     "bar",
     "bootstrap_error",
@@ -32,7 +36,11 @@ __all__ = [
     "free_energy_profile",
     "integrated_autocorrelation_time",
     "log_partition_function",
+    "multichain_ess",
     "normalized_log_weights",
+    "pareto_k",
+    "pareto_k_threshold",
+    "psis_log_weights",
     "r_hat",
     "relative_ess",
     "statistical_inefficiency",

@@ -1,4 +1,4 @@
-"""Lazy, quiet import of pymbar (it logs a JAX banner and a timeseries caveat when imported)."""
+"""Lazy, quiet import of pymbar for BAR / EXP (it logs a JAX banner when imported)."""
 
 from __future__ import annotations
 
@@ -15,6 +15,5 @@ def import_pymbar() -> ModuleType:
     if logger.level == logging.NOTSET:
         logger.setLevel(logging.ERROR)
     import pymbar
-    import pymbar.timeseries  # noqa: F401  (submodule used by callers)
 
     return pymbar

@@ -31,12 +31,14 @@ def _series(samples: SampleSet, f: Observable) -> tuple[np.ndarray, np.ndarray, 
 def integrated_autocorrelation_time(samples: SampleSet, f: Observable) -> float:
     """Integrated autocorrelation time ``τ = (g − 1) / 2`` of an observable along the chains.
 
-    ``g = 1 + 2 Σ_{k≥1} ρ_k`` is the statistical inefficiency (pymbar, per chain in time order,
-    combined as the length-weighted mean; see
-    :func:`~boltzflow.estimate.uncertainty.statistical_inefficiency`), so ``τ = Σ_{k≥1} ρ_k``:
-    0 for independent samples, ``ρ / (1 − ρ)`` for an AR(1) series with coefficient ``ρ``, and
-    ``n / (1 + 2τ)`` is the effective number of samples. (Sokal's convention ``1/2 + Σ ρ_k``
-    is this value plus 1/2.)
+    ``g = 1 + 2 Σ_{k≥1} ρ_k = n / ESS`` is the statistical inefficiency behind the error bars of
+    correlated chains (:func:`~boltzflow.estimate.uncertainty.statistical_inefficiency`: the
+    multi-chain ESS of the mean, split chains in time order, Vehtari et al. 2021), so
+    ``τ = Σ_{k≥1} ρ_k``: 0 for independent samples, ``ρ / (1 − ρ)`` for an AR(1) series with
+    coefficient ``ρ``, and ``n / (1 + 2τ)`` is the effective number of samples. The ``ρ_k`` include
+    the between-chain variance, so chains that disagree (stuck in different states) give a large
+    ``τ`` even when each looks well mixed on its own. (Sokal's convention ``1/2 + Σ ρ_k`` is this
+    value plus 1/2.)
 
     Parameters
     ----------

@@ -14,6 +14,7 @@ from numpy.typing import ArrayLike
 from ..samples import SampleSet
 from ._observables import observable_values
 from ._pymbar import import_pymbar
+from .pareto import attach_pareto_k, smoothed
 from .result import Estimate, mark_unreliable, require_ess
 from .uncertainty import Uncertainty, estimate_error
 from .weights import ess, logsumexp
@@ -26,9 +27,11 @@ def free_energy_difference(
     in_a: StateFunction,
     in_b: StateFunction,
     *,
+    error: str = "analytic",
     n_bootstrap: int = 200,
     seed: int = 0,
     min_ess: float = 10.0,
+    smooth: str | None = None,
 ) -> Estimate:
     """``Delta F_{B-A} = -ln(P_B / P_A)`` (kT) between two regions of configuration space.
 
@@ -41,18 +44,34 @@ def free_energy_difference(
         The samples and their log-weights.
     in_a, in_b : callable
         ``in_s(x) -> (M,)`` booleans on ``(M, D)`` configurations: membership of states A and B.
+    error : {"analytic", "bootstrap"}
+        Error of independent samples: delta method (default; influence
+        ``n (p_i a_i / P_A - p_i b_i / P_B)``) or bootstrap.
     n_bootstrap, seed : int
-        Bootstrap settings (independent weighted samples).
+        Bootstrap settings.
     min_ess : float
         Each state needs at least this effective number of samples (Kish ESS of the weights in
         the state, divided by the statistical inefficiency for correlated chains); otherwise the
         estimate is flagged unreliable with a :class:`LowESSWarning` naming the state.
+    smooth : {None, "psis"}
+        ``"psis"``: Pareto-smooth the weights first.
 
     Returns
     -------
     Estimate
         ``ess`` is the smaller of the two states' effective counts. A state without weight gives
         ``+inf`` (B empty), ``-inf`` (A empty) or ``nan`` (both), with an ``inf`` error.
+        ``pareto_k`` as in :func:`~boltzflow.estimate.expectation` (k̂ of all the weights).
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> x = rng.uniform(0.0, 1.0, size=(10_000, 1))  # exp(-u) with u = 0 on [0, 1/3), ln 2 on [1/3, 1]
+    >>> u = np.where(x[:, 0] < 1 / 3, 0.0, np.log(2.0))
+    >>> est = free_energy_difference(SampleSet(x, u, log_weights=-u), lambda v: v[:, 0] < 1 / 3,
+    ...                              lambda v: v[:, 0] >= 1 / 3)   # exact: -ln(1/3 / (1/3)) = 0
+    >>> abs(est.value) < 3 * est.error
+    True
     """
     keep = np.isfinite(samples.log_weights)
     kept = samples[keep]
@@ -61,18 +80,18 @@ def free_energy_difference(
         b = observable_values(in_b, samples, keep, "state B function").astype(bool)
     else:
         a = b = np.zeros(0, dtype=bool)
-    log_w = kept.log_weights
+    log_w = smoothed(samples.log_weights, smooth)[keep]
     log_a, log_b = logsumexp(log_w[a]), logsumexp(log_w[b])
     value = log_a - log_b
     if math.isfinite(value):
         m = len(kept)
 
         def statistic(idx: np.ndarray) -> float:
-            lw = log_w[idx]
+            lw = smoothed(kept.log_weights[idx], smooth)
             return logsumexp(lw[a[idx]]) - logsumexp(lw[b[idx]])
 
         influence = m * (np.exp(log_w - log_a) * a - np.exp(log_w - log_b) * b)
-        uncertainty = estimate_error(kept, statistic, influence, n_bootstrap=n_bootstrap, seed=seed)
+        uncertainty = estimate_error(kept, statistic, influence, error=error, n_bootstrap=n_bootstrap, seed=seed)
     else:
         uncertainty = Uncertainty(math.inf, 1.0, "no error (a state has no weight)")
     state_ess = {"A": ess(log_w[a]) / uncertainty.inefficiency, "B": ess(log_w[b]) / uncertainty.inefficiency}
@@ -81,7 +100,7 @@ def free_energy_difference(
         uncertainty.error,
         ess=min(state_ess.values()),
         n=len(samples),
-        method=f"log ratio of state weights, {uncertainty.method}",
+        method=f"log ratio of state weights{', PSIS' if smooth else ''}, {uncertainty.method}",
     )
     problems = [
         f"state {name} has no sample with nonzero weight" if e == 0
@@ -91,8 +110,8 @@ def free_energy_difference(
     ]
     if problems:
         empty = min(state_ess.values()) == 0
-        return mark_unreliable(estimate, "Delta F: " + "; ".join(problems), empty=empty)
-    return estimate
+        estimate = mark_unreliable(estimate, "Delta F: " + "; ".join(problems), empty=empty)
+    return attach_pareto_k(estimate, samples.log_weights, correlated=samples.correlated, what="Delta F")
 
 
 def _work(name: str, w: ArrayLike, allow_inf: bool) -> np.ndarray:
@@ -123,7 +142,15 @@ def exp_average(w: ArrayLike, *, min_ess: float = 10.0) -> Estimate:
     Returns
     -------
     Estimate
-        ``Delta F = F_B - F_A`` with pymbar's delta-method error.
+        ``Delta F = F_B - F_A`` with pymbar's delta-method error, and the Pareto k̂ of the weights
+        ``exp(-w)`` (flagged above :func:`~boltzflow.estimate.pareto.pareto_k_threshold`).
+
+    Examples
+    --------
+    >>> w = np.random.default_rng(0).normal(1.0, 0.5, size=5000)  # Gaussian work: Delta F = 1 - 0.5^2 / 2
+    >>> est = exp_average(w)
+    >>> abs(est.value - 0.875) < 3 * est.error, est.pareto_k < 0.5
+    (True, True)
     """
     w = _work("w", w, allow_inf=True)
     n_eff = ess(-w)
@@ -132,7 +159,8 @@ def exp_average(w: ArrayLike, *, min_ess: float = 10.0) -> Estimate:
         with np.errstate(divide="ignore", invalid="ignore"):
             result = import_pymbar().exp(w)
         value, error = result["Delta_f"], result["dDelta_f"]
-    return require_ess(Estimate(value, error, ess=n_eff, n=w.size, method="EXP (pymbar)"), min_ess, "EXP")
+    estimate = require_ess(Estimate(value, error, ess=n_eff, n=w.size, method="EXP (pymbar)"), min_ess, "EXP")
+    return attach_pareto_k(estimate, -w, correlated=False, what="EXP")
 
 
 def bar(w_forward: ArrayLike, w_reverse: ArrayLike) -> Estimate:

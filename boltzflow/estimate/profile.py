@@ -11,7 +11,8 @@ from numpy.typing import ArrayLike
 from ..samples import SampleSet
 from ._observables import Observable
 from .importance import expectation
-from .result import LowESSWarning
+from .pareto import heavy_tail_message
+from .result import HeavyTailedWeightsWarning, LowESSWarning
 
 
 @dataclass(frozen=True)
@@ -28,12 +29,15 @@ class FreeEnergyProfile:
         1σ error of each bin, ``σ(p_k) / p_k`` (``inf`` for empty bins).
     probability : ndarray, shape (K,)
         Estimated Boltzmann probability of each bin (those outside the edges are not counted).
+    pareto_k : float or None
+        Pareto k̂ of the importance weights (None for unweighted samples).
     """
 
     edges: np.ndarray
     free_energy: np.ndarray
     error: np.ndarray
     probability: np.ndarray
+    pareto_k: float | None = None
 
     @property
     def centres(self) -> np.ndarray:
@@ -75,14 +79,20 @@ def free_energy_profile(
     f: Observable,
     edges: ArrayLike,
     *,
+    error: str = "analytic",
     seed: int = 0,
     n_bootstrap: int = 200,
+    smooth: str | None = None,
 ) -> FreeEnergyProfile:
     """Reweighted free-energy profile along an observable.
 
     Each bin's probability is the weighted average of an indicator, so its error has the same
-    treatment as any :func:`~boltzflow.estimate.expectation` (bootstrap for independent weighted
-    samples, statistical inefficiency for MD/MCMC chains).
+    treatment as any :func:`~boltzflow.estimate.expectation` (delta method or bootstrap for
+    independent samples, statistical inefficiency for MD/MCMC chains, replica spread for SMC).
+    Independent weighted samples whose Pareto k̂ exceeds
+    :func:`~boltzflow.estimate.pareto.pareto_k_threshold` warn with a
+    :class:`~boltzflow.estimate.HeavyTailedWeightsWarning` (the sparse bins' low-ESS warnings are
+    silenced: their errors show it).
 
     Parameters
     ----------
@@ -94,12 +104,23 @@ def free_energy_profile(
         Or the per-sample values themselves, ``(N,)`` / ``(N, k)``.
     edges : array_like, shape (K + 1,)
         Increasing bin edges.
+    error : {"analytic", "bootstrap"}
+        Error method of independent samples (see :func:`~boltzflow.estimate.expectation`).
     seed, n_bootstrap : int
         Bootstrap settings.
+    smooth : {None, "psis"}
+        ``"psis"``: Pareto-smooth the weights first.
 
     Returns
     -------
     FreeEnergyProfile
+
+    Examples
+    --------
+    >>> x = np.random.default_rng(0).normal(size=(5000, 1))
+    >>> profile = free_energy_profile(SampleSet(x, 0.5 * x[:, 0] ** 2), x[:, 0], np.linspace(-2, 2, 5))
+    >>> np.round(profile.free_energy, 1), profile.pareto_k
+    (array([0.9, 0. , 0.1, 0.9]), None)
     """
     edges = np.asarray(edges, dtype=np.float64)
     if edges.ndim != 1 or edges.size < 2 or not np.all(np.diff(edges) > 0):
@@ -127,20 +148,25 @@ def free_energy_profile(
         counts = np.zeros((flat.shape[0], n_bins))
         np.add.at(counts, (rows[inside], index[inside]), 1.0)
         fractions[keep] = counts / flat.shape[1]
-    probability, error = np.zeros(n_bins), np.full(n_bins, np.inf)
+    probability, errors = np.zeros(n_bins), np.full(n_bins, np.inf)
+    pareto_k = None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", LowESSWarning)  # sparse tail bins are expected; errors show it
         for k in range(n_bins):
-            est = expectation(samples, fractions[:, k], seed=seed, n_bootstrap=n_bootstrap)
-            probability[k], error[k] = est.value, est.error
+            est = expectation(samples, fractions[:, k], error=error, seed=seed, n_bootstrap=n_bootstrap, smooth=smooth)
+            probability[k], errors[k], pareto_k = est.value, est.error, est.pareto_k
+    if pareto_k is not None and not samples.correlated:
+        message = heavy_tail_message(pareto_k, len(samples), "free-energy profile")
+        if message is not None:
+            warnings.warn(message, HeavyTailedWeightsWarning, stacklevel=2)
     width = np.diff(edges)
     with np.errstate(divide="ignore", invalid="ignore"):
         free = -np.log(probability / width)
-        rel_error = np.where(probability > 0, error / probability, np.inf)
+        rel_error = np.where(probability > 0, errors / probability, np.inf)
     finite = np.isfinite(free)
     if finite.any():
         free = free - free[finite].min()
-    return FreeEnergyProfile(edges=edges, free_energy=free, error=rel_error, probability=probability)
+    return FreeEnergyProfile(edges=edges, free_energy=free, error=rel_error, probability=probability, pareto_k=pareto_k)
 
 
 __all__ = ["FreeEnergyProfile", "free_energy_profile"]

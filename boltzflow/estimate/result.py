@@ -12,6 +12,10 @@ class LowESSWarning(UserWarning):
     """Emitted when an estimate rests on too few effective samples to be trusted."""
 
 
+class HeavyTailedWeightsWarning(LowESSWarning):
+    """Emitted when the importance weights' tail is too heavy (Pareto k̂) for the estimate to be trusted."""
+
+
 @dataclass
 class Estimate:
     """An estimated quantity with its statistical error.
@@ -32,6 +36,9 @@ class Estimate:
         False when the estimate must not be trusted (see ``message``).
     message : str
         Why the estimate is unreliable (or other notes).
+    pareto_k : float, optional
+        Pareto k̂ of the importance weights (see :mod:`boltzflow.estimate.pareto`); None for
+        unweighted samples.
     """
 
     value: float
@@ -41,12 +48,14 @@ class Estimate:
     method: str = ""
     reliable: bool = True
     message: str = ""
+    pareto_k: float | None = None
 
     def __post_init__(self) -> None:
         self.value = float(self.value)
         self.error = float(self.error)
         self.ess = None if self.ess is None else float(self.ess)
         self.n = None if self.n is None else int(self.n)
+        self.pareto_k = None if self.pareto_k is None else float(self.pareto_k)
 
     def __str__(self) -> str:
         value, error = format_value_error(self.value, self.error)
@@ -81,8 +90,10 @@ def format_value_error(value: float, error: float) -> tuple[str, str]:
     return f"{value:.{decimals}f}", f"{error:.{decimals}f}"
 
 
-def mark_unreliable(estimate: Estimate, message: str, *, empty: bool = False) -> Estimate:
-    """Warn with :class:`LowESSWarning` and return ``estimate`` flagged unreliable.
+def mark_unreliable(
+    estimate: Estimate, message: str, *, empty: bool = False, category: type[LowESSWarning] = LowESSWarning
+) -> Estimate:
+    """Warn with :class:`LowESSWarning` (or ``category``) and return ``estimate`` flagged unreliable.
 
     Parameters
     ----------
@@ -92,8 +103,10 @@ def mark_unreliable(estimate: Estimate, message: str, *, empty: bool = False) ->
         Why it is unreliable (shown to the user and stored in ``Estimate.message``).
     empty : bool
         True when the estimate rests on no sample at all: the error becomes ``inf``.
+    category : type
+        The warning class, :class:`LowESSWarning` or a subclass.
     """
-    warnings.warn(message, LowESSWarning, stacklevel=3)
+    warnings.warn(message, category, stacklevel=3)
     error = math.inf if empty else estimate.error
     return replace(estimate, error=error, reliable=False, message=message)
 
