@@ -2,6 +2,8 @@
 
 Errors a user can fix (unknown system, bad option, unreadable run folder) print one line naming the
 problem and exit with status 2; a Ctrl-C leaves the checkpoint in place and says how to resume.
+Each command imports what it needs: ``estimate`` reads a system's declared observables and states
+without building it, so it needs neither torch nor OpenMM.
 """
 
 from __future__ import annotations
@@ -12,15 +14,14 @@ import inspect
 import json
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
-from .samplers import SAMPLERS, sample
-from .samplers.checkpoint import CheckpointError
-from .flows.models import ModelFileError
-from .flows.training import TrainingCheckpointError
-from .samples import SampleSet, SampleSetError
-from .systems import System, UnknownSystemError, list_systems, load_system
-from .systems.observables import State
+from .samplers import SAMPLERS
+from .samples import SampleSet
+from .systems import DeclaredSystem, State, UnknownSystemError, declared_system, list_systems, load_system
+
+if TYPE_CHECKING:
+    from .systems import System
 
 
 class CLIError(Exception):
@@ -64,6 +65,8 @@ def _refuse_overwrite(path: Path, force: bool) -> Path:
 
 
 def _cmd_sample(args: argparse.Namespace) -> int:
+    from .samplers import sample
+
     out = Path(args.out)
     _refuse_overwrite(out / "samples.npz", args.force)
     system_options = {}
@@ -315,19 +318,22 @@ def _default_data(system_name: str) -> Path | None:
     return None
 
 
-def _system_for(samples: SampleSet) -> System | None:
-    """The system that produced the samples, if it can be found, for its observables and states."""
+def _system_for(samples: SampleSet) -> DeclaredSystem | System | None:
+    """The system that produced the samples, if it can be found, for its observables and states.
+
+    Read from its definition where that declares them all (no energy is built), else built.
+    """
     source = samples.metadata.get("system_source")
     for ref in (source if source and Path(source).is_dir() else None, samples.metadata.get("system")):
         if ref:
             try:
-                return load_system(ref)
+                return declared_system(ref) or load_system(ref)
             except (UnknownSystemError, FileNotFoundError, ValueError):
                 continue
     return None
 
 
-def _reference_for(system: System | None, temperature: float | None) -> dict[str, Any] | None:
+def _reference_for(system: DeclaredSystem | System | None, temperature: float | None) -> dict[str, Any] | None:
     """The project's reference estimates for samples of a built-in system at its own temperature, else None."""
     from .reference_data import reference_estimates
     from .systems.registry import is_builtin
@@ -352,7 +358,8 @@ def _cmd_estimate(args: argparse.Namespace) -> int:
         states = (State(args.state_a, observables), State(args.state_b, observables))
     elif system is not None and {"A", "B"} <= set(system.states):
         states = (system.states["A"], system.states["B"])
-    summary = summarize(samples, observables=observables, states=states, seed=args.seed)
+    summary = summarize(samples, observables=observables, states=states, seed=args.seed, error=args.error,
+                        n_bootstrap=args.n_bootstrap)
     meta = samples.metadata
     summary["run"] = {k: meta.get(k) for k in ("system", "sampler", "temperature", "seed")}
     custom_states = bool(args.state_a or args.state_b)
@@ -483,6 +490,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", help="run folder or samples .npz file")
     p.add_argument("--state-a", help="state A for ΔF, e.g. 'phi < 0' (default: the system's state A)")
     p.add_argument("--state-b", help="state B for ΔF, e.g. 'phi > 0' (default: the system's state B)")
+    p.add_argument("--error", default="analytic", choices=["analytic", "bootstrap"],
+                   help="error bars of independent samples: delta method (default, fast) or bootstrap")
+    p.add_argument("--n-bootstrap", type=int, default=200, help="bootstrap resamples with --error bootstrap")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--plot", help="also write histograms of the observables to this PNG file")
@@ -495,8 +505,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args)
-    except (CLIError, UnknownSystemError, FileNotFoundError, SampleSetError, CheckpointError, ModelFileError,
-            TrainingCheckpointError, ValueError) as err:
+    # ValueError covers the bad-file errors: SampleSetError, CheckpointError, ModelFileError, TrainingCheckpointError
+    except (CLIError, UnknownSystemError, FileNotFoundError, ValueError) as err:
         print(f"boltzflow {args.command}: error: {err}", file=sys.stderr)
         return 2
 

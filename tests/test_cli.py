@@ -1,6 +1,8 @@
 """The boltzflow command line: systems, sample, estimate, and its error messages."""
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -110,3 +112,40 @@ def test_default_sampler_uses_the_shipped_flow_and_estimate_compares_with_the_re
     assert "--model is for the flow-based samplers" in capsys.readouterr().err
     assert main(["sample", "lj13", "--n", "20", "--out", str(tmp_path / "lj"), "--no-plot", "-o", "warmup=10"]) == 0
     assert "sampler: md" in capsys.readouterr().out
+
+
+def test_estimate_needs_neither_torch_nor_openmm(tmp_path, capsys):
+    run = tmp_path / "dw"
+    assert main(["sample", "double_well_2d", "--sampler", "mala", "--n", "200", "--out", str(run), "--quiet",
+                 "--no-plot", "-o", "n_chains=4", "-o", "warmup=50"]) == 0
+    capsys.readouterr()
+    assert main(["estimate", str(run)]) == 0
+    in_process = capsys.readouterr().out
+    assert "Delta F B-A" in in_process  # the declared states were found
+    script = ("import sys, boltzflow.cli as cli; code = cli.main(['estimate', sys.argv[1]]); "
+              "heavy = sorted({'torch', 'openmm', 'boltzflow.systems.system'} & set(sys.modules)); "
+              "assert not heavy, heavy; sys.exit(code)")
+    result = subprocess.run([sys.executable, "-c", script, str(run)], capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == in_process
+
+
+def test_sampler_choices_are_the_registered_samplers():
+    from boltzflow.cli import build_parser
+    from boltzflow.samplers import SAMPLERS
+
+    parser = build_parser()
+    for name in ["auto", *SAMPLERS]:
+        assert parser.parse_args(["sample", "dw4", "--out", "run", "--sampler", name]).sampler == name
+    for name in SAMPLERS:
+        assert callable(SAMPLERS[name]), name
+
+
+def test_file_errors_are_value_errors_so_main_reports_them_in_one_line():
+    from boltzflow.flows.models import ModelFileError
+    from boltzflow.flows.training import TrainingCheckpointError
+    from boltzflow.samplers.checkpoint import CheckpointError
+    from boltzflow.samples import SampleSetError
+
+    for error in (CheckpointError, ModelFileError, SampleSetError, TrainingCheckpointError):
+        assert issubclass(error, ValueError), error

@@ -1,7 +1,9 @@
 """Builders: one function per system ``type`` turning a ``system.toml`` definition into a System.
 
 Each builder takes ``(folder, definition, **options)``; options override the definition (e.g. the
-OpenMM platform). Adding a system type means adding one function to :data:`BUILDERS`.
+OpenMM platform). Adding a system type means adding one function to :data:`BUILDERS` and its entry
+to :data:`boltzflow.systems.declared.SYSTEM_TYPES` (its points' dimension, whether ``system.toml``
+declares all its observables).
 """
 
 from __future__ import annotations
@@ -13,8 +15,8 @@ from typing import Any, Callable
 import numpy as np
 
 from ..energy.base import Energy
+from .declared import declared_observables, declared_states, spatial_dims
 from .ice import build_ice
-from .observables import State, observable_from_spec
 from .system import System
 
 
@@ -38,18 +40,15 @@ def _finish(
     definition: dict[str, Any],
     energy: Energy,
     x0: np.ndarray,
-    n_dims: int,
     **extra: Any,
 ) -> System:
-    """Attach the common fields (observables, states, metadata) and check the definition."""
+    """Attach the common fields (declared observables and states, metadata) and check the definition."""
     if "dim" in definition and int(definition["dim"]) != energy.dim:
         raise ValueError(
             f"system '{definition['name']}': definition says dim={definition['dim']}, energy has {energy.dim}"
         )
-    observables = {
-        name: observable_from_spec(name, spec, n_dims) for name, spec in definition.get("observables", {}).items()
-    }
-    states = {name: State(expr, observables) for name, expr in definition.get("states", {}).items()}
+    observables = declared_observables(definition)
+    states = declared_states(definition, observables)
     if "x0" in definition:
         x0 = np.asarray(definition["x0"], dtype=np.float64)
     system = System(
@@ -101,7 +100,7 @@ def build_double_well(folder: Path, definition: dict[str, Any], **options: Any) 
     _check_options("double_well", options, set())
     p = _parameters(definition, {"a": -0.5, "b": -6.0, "c": 1.0})
     energy = DoubleWellEnergy(a=p["a"], b=p["b"], c=p["c"], kT=float(definition["temperature"]))
-    return _finish(folder, definition, energy, np.array([-1.7, 0.0]), n_dims=2)
+    return _finish(folder, definition, energy, np.array([-1.7, 0.0]))
 
 
 def build_multi_double_well(folder: Path, definition: dict[str, Any], **options: Any) -> System:
@@ -109,14 +108,13 @@ def build_multi_double_well(folder: Path, definition: dict[str, Any], **options:
     from ..energy.multi_double_well import MultiDoubleWellEnergy
 
     _check_options("multi_double_well", options, set())
-    p = _parameters(definition, {"n_particles": 4, "n_dims": 2, "a": 0.9, "b": -4.0, "d0": 4.0})
+    p = _parameters(definition, {"n_particles": 4, "n_dims": spatial_dims(definition), "a": 0.9, "b": -4.0, "d0": 4.0})
     energy = MultiDoubleWellEnergy(
         n_particles=int(p["n_particles"]), n_dims=int(p["n_dims"]), a=p["a"], b=p["b"], d0=p["d0"],
         kT=float(definition["temperature"]),
     )
     x0 = cluster_start(int(p["n_particles"]), int(p["n_dims"]), spacing=p["d0"])
-    return _finish(folder, definition, energy, x0, n_dims=int(p["n_dims"]),
-                   particles=(int(p["n_particles"]), int(p["n_dims"])))
+    return _finish(folder, definition, energy, x0, particles=(int(p["n_particles"]), int(p["n_dims"])))
 
 
 def build_lennard_jones(folder: Path, definition: dict[str, Any], **options: Any) -> System:
@@ -126,13 +124,14 @@ def build_lennard_jones(folder: Path, definition: dict[str, Any], **options: Any
 
     _check_options("lennard_jones", options, set())
     p = _parameters(
-        definition, {"n_particles": 13, "n_dims": 3, "epsilon": 1.0, "rm": 1.0, "restraint_k": 1.0}
+        definition,
+        {"n_particles": 13, "n_dims": spatial_dims(definition), "epsilon": 1.0, "rm": 1.0, "restraint_k": 1.0},
     )
     n, d, kT = int(p["n_particles"]), int(p["n_dims"]), float(definition["temperature"])
     energy = LennardJonesEnergy(n, d, epsilon=p["epsilon"], rm=p["rm"], kT=kT)
     if p["restraint_k"] > 0:
         energy = energy + CenterOfMassRestraint(n, d, k=p["restraint_k"], kT=kT)
-    return _finish(folder, definition, energy, cluster_start(n, d, spacing=p["rm"]), n_dims=d, particles=(n, d))
+    return _finish(folder, definition, energy, cluster_start(n, d, spacing=p["rm"]), particles=(n, d))
 
 
 def build_openmm(folder: Path, definition: dict[str, Any], **options: Any) -> System:
@@ -152,8 +151,7 @@ def build_openmm(folder: Path, definition: dict[str, Any], **options: Any) -> Sy
         n_workers=int(options.get("n_workers", definition.get("n_workers", 1))),
     )
     return _finish(
-        folder, definition, energy, np.asarray(positions).reshape(-1), n_dims=3,
-        topology=topology, openmm_system=omm_system,
+        folder, definition, energy, np.asarray(positions).reshape(-1), topology=topology, openmm_system=omm_system,
     )
 
 
@@ -196,7 +194,7 @@ def build_gaussian_mixture(folder: Path, definition: dict[str, Any], **options: 
             raise ValueError(f"system '{definition['name']}': mean {k} has {leading.size} coordinates for dim={dim}")
         means[k, : leading.size] = leading
     energy = GaussianMixtureEnergy(means, p["sigmas"], p["weights"], kT=float(definition["temperature"]))
-    return _finish(folder, definition, energy, means[int(np.argmax(energy.weights))], n_dims=1)
+    return _finish(folder, definition, energy, means[int(np.argmax(energy.weights))])
 
 
 def build_tetrahedron_field(folder: Path, definition: dict[str, Any], **options: Any) -> System:
@@ -219,9 +217,9 @@ def build_tetrahedron_field(folder: Path, definition: dict[str, Any], **options:
                                     temperature=float(definition["temperature"]), rigidity=p["rigidity"])
     x0 = (energy.reference @ vertex_up_rotation(energy.reference[0]).T).reshape(-1)
     spec = RigidBodySpec(energy.reference, np.zeros((1, 3)))
-    system = _finish(folder, {**definition, "states": {}}, energy, x0, n_dims=3, rigid_bodies=spec)
+    system = _finish(folder, {**definition, "states": {}}, energy, x0, rigid_bodies=spec)
     system.observables.update({f"up{i}": partial(vertex_up, vertex=i) for i in range(4)})
-    system.states = {name: State(expr, system.observables) for name, expr in definition.get("states", {}).items()}
+    system.states = declared_states(definition, system.observables)
     return system
 
 

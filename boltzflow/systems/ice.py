@@ -519,7 +519,7 @@ def build_ice(folder: Path, definition: dict[str, Any], **options: Any):
     masses = water_model().site_masses()
     centres = np.einsum("k,nka->na", masses, sites) / masses.sum()
     spec = RigidBodySpec(coords.reference.numpy(), centres, box, (False, False, False, True))
-    system = _finish(folder, definition, energy, sites.reshape(-1), n_dims=3,
+    system = _finish(folder, definition, energy, sites.reshape(-1),
                      topology=mdtraj.Topology.from_openmm(omm_topology), openmm_system=omm_system,
                      rigid_bodies=spec)
     system.observables.setdefault("energy_per_molecule", energy_per_molecule_observable(energy, n))

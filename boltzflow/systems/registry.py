@@ -5,9 +5,10 @@ A system folder holds a ``system.toml`` definition (and any structure file it na
     name, description, type, backend, temperature, units, x0 (optional), [parameters],
     [observables], [states]
 
-``type`` selects a builder in :mod:`boltzflow.systems.builders`. Built-in folders ship inside the
-wheel as the package ``boltzflow._systems``; from a source checkout they are read from the
-repository's ``systems/`` folder.
+``type`` selects a builder in :mod:`boltzflow.systems.builders`, imported only to build: reading
+definitions, listing systems and :func:`declared_system` need neither torch nor OpenMM. Built-in
+folders ship inside the wheel as the package ``boltzflow._systems``; from a source checkout they
+are read from the repository's ``systems/`` folder.
 """
 
 from __future__ import annotations
@@ -17,10 +18,12 @@ import os
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .builders import BUILDERS
-from .system import System
+from .declared import SYSTEM_TYPES, DeclaredSystem, declare
+
+if TYPE_CHECKING:
+    from .system import System
 
 DEFINITION_FILE = "system.toml"
 
@@ -52,7 +55,7 @@ def builtin_systems_dir() -> Path:
     return installed if installed.is_dir() else package.parent / "systems"
 
 
-def is_builtin(system: System) -> bool:
+def is_builtin(system: System | DeclaredSystem) -> bool:
     """Whether ``system`` was loaded from a built-in system folder (so the project's data fit it)."""
     return system.source is not None and Path(system.source).resolve().parent == builtin_systems_dir().resolve()
 
@@ -70,8 +73,9 @@ def read_definition(folder: Path) -> dict[str, Any]:
     for key in ("name", "type", "temperature"):
         if key not in definition:
             raise ValueError(f"{path}: missing required key '{key}'")
-    if definition["type"] not in BUILDERS:
-        raise ValueError(f"{path}: unknown system type '{definition['type']}' (known: {', '.join(sorted(BUILDERS))})")
+    if definition["type"] not in SYSTEM_TYPES:
+        known = ", ".join(sorted(SYSTEM_TYPES))
+        raise ValueError(f"{path}: unknown system type '{definition['type']}' (known: {known})")
     return definition
 
 
@@ -122,6 +126,24 @@ def system_info(name_or_path: str | os.PathLike) -> SystemInfo:
     )
 
 
+def declared_system(name_or_path: str | os.PathLike) -> DeclaredSystem | None:
+    """A system's name, temperature, observables and states from its definition file, without building it.
+
+    Parameters
+    ----------
+    name_or_path : str or path
+        As for :func:`load_system`.
+
+    Returns
+    -------
+    DeclaredSystem or None
+        ``None`` for a system whose observables only its code knows (``type = "python"``,
+        ``tetrahedron_field``, ``ice``): :func:`load_system` it instead.
+    """
+    folder = find_system_folder(name_or_path)
+    return declare(folder, read_definition(folder))
+
+
 def list_systems() -> list[SystemInfo]:
     """Information on every built-in system."""
     return [system_info(name) for name in builtin_names()]
@@ -142,6 +164,8 @@ def load_system(name_or_path: str | os.PathLike, **options: Any) -> System:
     -------
     System
     """
+    from .builders import BUILDERS
+
     folder = find_system_folder(name_or_path)
     definition = read_definition(folder)
     temperature = options.pop("temperature", None)
