@@ -62,13 +62,33 @@ def rk4(velocity: Velocity, x: torch.Tensor, t0: float, t1: float, n_steps: int)
     _check(x, n_steps)
     h = (t1 - t0) / n_steps
     for i in range(n_steps):
-        t = x.new_full((x.shape[0],), t0 + i * h)
-        k1 = velocity(x, t)
-        k2 = velocity(x + 0.5 * h * k1, t + 0.5 * h)
-        k3 = velocity(x + 0.5 * h * k2, t + 0.5 * h)
-        k4 = velocity(x + h * k3, t + h)
-        x = x + (h / 6.0) * (k1 + 2.0 * k2 + 2.0 * k3 + k4)
+        x = rk4_step(velocity, x, t0 + i * h, h)
     return x
+
+
+def rk4_step(velocity: Velocity, x: torch.Tensor, t: float, h: float) -> torch.Tensor:
+    """One classical RK4 step of ``dx/dt = v(x, t)`` from time ``t`` to ``t + h`` (``h < 0``: backward).
+
+    Parameters
+    ----------
+    velocity : callable
+        ``v(x (B, D), t (B,)) -> (B, D)``.
+    x : torch.Tensor
+        ``(B, D)`` states at ``t``.
+    t, h : float
+        Start time and step.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(B, D)`` states at ``t + h``.
+    """
+    t = x.new_full((x.shape[0],), t)
+    k1 = velocity(x, t)
+    k2 = velocity(x + 0.5 * h * k1, t + 0.5 * h)
+    k3 = velocity(x + 0.5 * h * k2, t + 0.5 * h)
+    k4 = velocity(x + h * k3, t + h)
+    return x + (h / 6.0) * (k1 + 2.0 * k2 + 2.0 * k3 + k4)
 
 
 def rk4_with_divergence(
@@ -216,4 +236,5 @@ class HutchinsonDivergence:
         return v.detach(), (total / n).detach()
 
 
-__all__ = ["PROBES", "Divergence", "HutchinsonDivergence", "Velocity", "exact_divergence", "rk4", "rk4_with_divergence"]
+__all__ = ["PROBES", "Divergence", "HutchinsonDivergence", "Velocity", "exact_divergence", "rk4", "rk4_step",
+           "rk4_with_divergence"]

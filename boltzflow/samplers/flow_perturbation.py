@@ -10,10 +10,14 @@ All take ``model=`` a continuous-flow file (``boltzflow train-cnf``) or a
   unbiased, so the weights ``exp(−u − log q)`` are **biased** (Jensen). Kept as the baseline
   flow perturbation replaces.
 * ``fp-is`` — independent extended samples ``(x_T, ε)`` with flow-perturbation weights ``ω``
-  (:mod:`boltzflow.flows.continuous_perturbation`): unbiased, ``E[ω] = Z``.
+  (:mod:`boltzflow.flows.continuous_perturbation`): unbiased, ``E[ω] = Z``. The default
+  estimator, ``"multistep"`` (noise after every RK4 step, ``ε`` of ``N·d`` coordinates), also has
+  finite variance; ``"perturbed"`` (one noise vector, learned σ_F) has infinite variance for
+  anisotropic flows (σ_F > √2·σ_B·s_min(J_F)) and is kept for comparison only.
 * ``fp`` — Metropolis chains on the extended space: each move refreshes ``n_refresh`` random
-  coordinates of ``x_T`` and of ``ε`` from their standard normal priors and is accepted with
-  ``min(1, ω'/ω)`` (the prior factors cancel); unweighted correlated samples.
+  coordinates of ``x_T`` and the same fraction of ``ε``'s coordinates (``n_refresh`` per ``d``)
+  from their standard normal priors and is accepted with ``min(1, ω'/ω)`` (the prior factors
+  cancel); unweighted correlated samples.
 * ``fp-smc`` — sequential Monte Carlo on the extended space (:mod:`.flow_perturbation_smc`).
 
 Importance samplers store for every sample its weight's ingredients only: the estimation layer
@@ -32,7 +36,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..flows.continuous import ContinuousFlow, load_continuous_flow
-from ..flows.continuous_perturbation import ESTIMATORS, flow_perturbation, log_omega
+from ..flows.continuous_perturbation import ESTIMATORS, STEP_NOISE, flow_perturbation, log_omega, noise_dim
 from ..flows.ode import PROBES, HutchinsonDivergence, exact_divergence
 from ..samples import SampleSet
 from ..systems.system import System
@@ -44,7 +48,7 @@ from .metadata import run_metadata
 
 # ODE passes (each n_steps RK4 steps) per weight, the unit of the cost comparisons (Hutchinson's one pass
 # carries a vector-Jacobian product per RK4 stage)
-ODE_PASSES = {"perturbed": 2, "stretch": 3, "hutchinson": 1}
+ODE_PASSES = {"multistep": 2, "perturbed": 2, "stretch": 3, "hutchinson": 1}
 
 
 def resolve_continuous_model(system: System, model: str | Path | ContinuousFlow | None) -> tuple[ContinuousFlow, str]:
@@ -70,7 +74,9 @@ def resolve_continuous_model(system: System, model: str | Path | ContinuousFlow 
     return load_continuous_flow(model, system), str(Path(model).resolve())
 
 
-def _check_fp_options(estimator: str, sigma_b: float | None, fd_step: float, ode_steps: int | None) -> None:
+def _check_fp_options(
+    estimator: str, sigma_b: float | None, fd_step: float, ode_steps: int | None, step_noise: float
+) -> None:
     if estimator not in ESTIMATORS:
         raise ValueError(f"unknown flow-perturbation estimator '{estimator}'; choose one of {', '.join(ESTIMATORS)}")
     if sigma_b is not None and not sigma_b > 0:
@@ -79,6 +85,8 @@ def _check_fp_options(estimator: str, sigma_b: float | None, fd_step: float, ode
         raise ValueError(f"fd_step must be positive, got {fd_step}")
     if ode_steps is not None and ode_steps < 1:
         raise ValueError(f"ode_steps must be >= 1, got {ode_steps}")
+    if not step_noise > 0:
+        raise ValueError(f"step_noise must be positive, got {step_noise}")
 
 
 class ExtendedTarget:
@@ -90,36 +98,44 @@ class ExtendedTarget:
         Target (its energy gives ``u(x0)``).
     flow : ContinuousFlow
         The flow.
-    estimator : {"perturbed", "stretch", "hutchinson"}
+    estimator : {"multistep", "perturbed", "stretch", "hutchinson"}
         Flow-perturbation estimator, or ``"hutchinson"``: the biased baseline on the same extended
         space (``ε`` as its probe), for side-by-side comparisons.
     sigma_b : float, optional
-        σ_B (default: the flow's).
+        σ_B of ``"perturbed"`` (default: the flow's).
     fd_step : float
         Central-difference step of ``"stretch"``.
     ode_steps : int, optional
-        RK4 steps (default: the flow's).
+        RK4 steps (default: the flow's); for ``"multistep"`` also its noisy steps ``N``.
     batch_size : int
         States pushed through the flow at once.
+    step_noise : float
+        ``σ₀`` of ``"multistep"`` (standardised units; ``σ₀ √h`` per step).
     """
 
     def __init__(
-        self, system: System, flow: ContinuousFlow, estimator: str = "perturbed", sigma_b: float | None = None,
-        fd_step: float = 1e-3, ode_steps: int | None = None, batch_size: int = 1024,
+        self, system: System, flow: ContinuousFlow, estimator: str = "multistep", sigma_b: float | None = None,
+        fd_step: float = 1e-3, ode_steps: int | None = None, batch_size: int = 1024, step_noise: float = STEP_NOISE,
     ) -> None:
-        _check_fp_options(estimator, sigma_b, fd_step, ode_steps)
+        _check_fp_options(estimator, sigma_b, fd_step, ode_steps, step_noise)
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
         self.system, self.flow = system, flow
         self.estimator, self.sigma_b, self.fd_step, self.ode_steps = estimator, sigma_b, fd_step, ode_steps
+        self.step_noise = step_noise
         self.batch_size = batch_size
         self.device = flow.loc.device
         self.n_evaluations = 0
 
     @property
     def dim(self) -> int:
-        """``d``, the dimension of ``x_T`` and of ``ε``."""
+        """``d``, the dimension of ``x_T``."""
         return self.flow.latent_dim
+
+    @property
+    def noise_dim(self) -> int:
+        """The dimension of ``ε``: ``N·d`` for ``"multistep"`` (``N`` RK4 steps), ``d`` otherwise."""
+        return noise_dim(self.flow, self.estimator, self.ode_steps)
 
     def evaluate(self, z: np.ndarray, eps: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Configurations ``x (B, D)``, energies ``u (B,)`` and ``log ω (B,)`` of states ``(z, eps)``."""
@@ -143,7 +159,8 @@ class ExtendedTarget:
             rows = slice(start, start + self.batch_size)
             zt = torch.as_tensor(z[rows], dtype=torch.float64, device=self.device)
             et = torch.as_tensor(eps[rows], dtype=torch.float64, device=self.device)
-            y0, ds = flow_perturbation(self.flow, zt, et, self.estimator, self.sigma_b, self.fd_step, self.ode_steps)
+            y0, ds = flow_perturbation(self.flow, zt, et, self.estimator, self.sigma_b, self.fd_step, self.ode_steps,
+                                       step_noise=self.step_noise)
             with torch.no_grad():
                 xb, chart_log_det = self.flow.to_configuration_with_log_det(y0)  # −inf off the chart's domain
                 x[rows] = xb.cpu().numpy()
@@ -313,7 +330,7 @@ def _extended_draw(
     target: ExtendedTarget, rng: np.random.Generator, n: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """``n`` extended states ``(x_T, ε)`` from their standard normal priors."""
-    return rng.standard_normal((n, target.dim)), rng.standard_normal((n, target.dim))
+    return rng.standard_normal((n, target.dim)), rng.standard_normal((n, target.noise_dim))
 
 
 def sample_fp_is(
@@ -321,7 +338,7 @@ def sample_fp_is(
     n: int,
     seed: int = 0,
     model: str | Path | ContinuousFlow | None = None,
-    estimator: str = "perturbed",
+    estimator: str = "multistep",
     sigma_b: float | None = None,
     fd_step: float = 1e-3,
     ode_steps: int | None = None,
@@ -329,12 +346,15 @@ def sample_fp_is(
     progress: bool = True,
     checkpoint: str | Path | None = None,
     checkpoint_seconds: float = 60.0,
+    step_noise: float = STEP_NOISE,
 ) -> SampleSet:
     """Independent extended samples ``(x_T, ε)`` with flow-perturbation importance weights ``ω``.
 
-    Unbiased (``E[ω f(x0)] = ∫ e^{−u} f``; exactly for ``"perturbed"``, up to finite differences
-    and the RK4 mismatch of F and B⁻¹ for ``"stretch"``), 2 or 3 ODE passes per sample. In high
-    dimension the weights' variance grows quickly: use ``fp`` or ``fp-smc`` there.
+    Unbiased (``E[ω f(x0)] = ∫ e^{−u} f``; exactly for ``"multistep"`` and ``"perturbed"``, up to
+    finite differences and the RK4 mismatch of F and B⁻¹ for ``"stretch"``), 2 or 3 ODE passes per
+    sample; of finite variance for ``"multistep"`` and ``"stretch"``, not for ``"perturbed"`` with an
+    anisotropic flow. In high dimension the weights' variance grows quickly: use ``fp`` or
+    ``fp-smc`` there.
 
     Parameters
     ----------
@@ -346,15 +366,15 @@ def sample_fp_is(
         Seed of ``x_T`` and ``ε``.
     model : path or ContinuousFlow
         A continuous-flow file or object.
-    estimator : {"perturbed", "stretch", "hutchinson"}
+    estimator : {"multistep", "perturbed", "stretch", "hutchinson"}
         Flow-perturbation estimator (see :mod:`boltzflow.flows.continuous_perturbation`), or the
         biased ``"hutchinson"`` baseline.
     sigma_b : float, optional
-        σ_B (default: the model's, which its σ_F was trained for).
+        σ_B of ``"perturbed"`` (default: the model's, which its σ_F was trained for).
     fd_step : float
         Central-difference step δ of ``"stretch"`` (system length units).
     ode_steps : int, optional
-        RK4 steps (default: the model's).
+        RK4 steps (default: the model's); for ``"multistep"`` also its noisy steps.
     batch_size : int
         Samples per batch.
     progress : bool
@@ -363,6 +383,8 @@ def sample_fp_is(
         Checkpoint file; an existing one from the same run is resumed.
     checkpoint_seconds : float
         Seconds between checkpoints.
+    step_noise : float
+        ``σ₀`` of ``"multistep"`` (standardised units; ``σ₀ √h`` per step).
 
     Returns
     -------
@@ -371,7 +393,7 @@ def sample_fp_is(
         biased ``"hutchinson"`` weights).
     """
     flow, model_name = resolve_continuous_model(system, model)
-    target = ExtendedTarget(system, flow, estimator, sigma_b, fd_step, ode_steps, batch_size)
+    target = ExtendedTarget(system, flow, estimator, sigma_b, fd_step, ode_steps, batch_size, step_noise)
 
     def draw(batch: int, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         z, eps = _extended_draw(target, np.random.default_rng([seed, batch]), size)
@@ -379,7 +401,7 @@ def sample_fp_is(
         return x, log_proposal, energies
 
     settings = {"estimator": estimator, "sigma_b": sigma_b if sigma_b is not None else flow.sigma_b,
-                "fd_step": fd_step, "ode_steps": ode_steps or flow.n_steps}
+                "fd_step": fd_step, "ode_steps": ode_steps or flow.n_steps, "step_noise": step_noise}
     return _importance(system, n, seed, "fp-is", model_name, draw, batch_size, progress, checkpoint,
                        checkpoint_seconds, settings, estimator != "hutchinson", {**settings, "ode_passes_per_sample": ODE_PASSES[estimator]})
 
@@ -397,8 +419,10 @@ def refresh_move(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
     """One Metropolis move of every state on ``p_Z(x_T) N(ε) ω(x_T, ε)^β``.
 
-    ``n_refresh`` random coordinates of ``x_T`` and (independently chosen) ``n_refresh`` of ``ε``
-    are redrawn from their standard normal priors; the move is accepted with
+    ``K = n_refresh`` random coordinates of ``x_T`` (``d`` of them) and, independently chosen, the
+    same fraction of ``ε``'s: ``K·m/d`` of its ``m`` coordinates (``K`` of each step's ``d`` on
+    average for ``"multistep"``, whose ``ε`` has ``m = N·d``; ``K`` otherwise), are redrawn from
+    their standard normal priors; the move is accepted with
     ``min(1, exp(β (log ω' − log ω)))``. A proposal of zero weight is never accepted; a state of
     zero weight accepts any proposal of nonzero weight.
 
@@ -414,9 +438,9 @@ def refresh_move(
     n, d = z.shape
     k = min(max(int(n_refresh), 1), d)
     z_new, eps_new = z.copy(), eps.copy()
-    for array in (z_new, eps_new):
-        columns = np.argsort(rng.random((n, d)), axis=1)[:, :k]
-        np.put_along_axis(array, columns, rng.standard_normal((n, k)), axis=1)
+    for array, count in ((z_new, k), (eps_new, k * (eps.shape[1] // d))):
+        columns = np.argpartition(rng.random(array.shape), count - 1, axis=1)[:, :count]
+        np.put_along_axis(array, columns, rng.standard_normal((n, count)), axis=1)
     x_new, u_new, log_w_new = target.evaluate(z_new, eps_new)
     with np.errstate(invalid="ignore"):
         log_alpha = beta * (log_w_new - log_w)
@@ -447,7 +471,7 @@ def sample_fp(
     warmup: int = 200,
     n_refresh: int = 2,
     init_candidates: int = 16,
-    estimator: str = "perturbed",
+    estimator: str = "multistep",
     sigma_b: float | None = None,
     fd_step: float = 1e-3,
     ode_steps: int | None = None,
@@ -455,6 +479,7 @@ def sample_fp(
     progress: bool = True,
     checkpoint: str | Path | None = None,
     checkpoint_seconds: float = 60.0,
+    step_noise: float = STEP_NOISE,
 ) -> SampleSet:
     """Metropolis chains on the extended space ``(x_T, ε)`` with flow-perturbation weights.
 
@@ -479,18 +504,19 @@ def sample_fp(
     warmup : int
         Discarded iterations.
     n_refresh : int
-        Coordinates ``K`` of ``x_T`` and of ``ε`` redrawn per move (``K ≥ d``: independent moves).
+        Coordinates ``K`` of ``x_T`` redrawn per move, and ``K`` per ``d`` of ``ε``
+        (:func:`refresh_move`; ``K ≥ d``: independent moves).
     init_candidates : int
         Each chain starts from one of this many prior draws, picked by weight (shortens warm-up).
-    estimator : {"perturbed", "stretch", "hutchinson"}
+    estimator : {"multistep", "perturbed", "stretch", "hutchinson"}
         Flow-perturbation estimator, or ``"hutchinson"``: the biased baseline on the same extended
         space (``ε`` as its probe), for side-by-side comparisons.
     sigma_b : float, optional
-        σ_B (default: the model's).
+        σ_B of ``"perturbed"`` (default: the model's).
     fd_step : float
         Central-difference step of ``"stretch"``.
     ode_steps : int, optional
-        RK4 steps (default: the model's).
+        RK4 steps (default: the model's); for ``"multistep"`` also its noisy steps.
     batch_size : int
         States pushed through the flow at once.
     progress : bool
@@ -499,6 +525,8 @@ def sample_fp(
         Checkpoint file; an existing one from the same run is resumed.
     checkpoint_seconds : float
         Seconds between checkpoints.
+    step_noise : float
+        ``σ₀`` of ``"multistep"`` (standardised units; ``σ₀ √h`` per step).
 
     Returns
     -------
@@ -507,7 +535,7 @@ def sample_fp(
         ``acceptance_rate`` (production), ``warmup_acceptance_rate``, ``n_nonfinite_proposals``.
     """
     flow, model_name = resolve_continuous_model(system, model)
-    target = ExtendedTarget(system, flow, estimator, sigma_b, fd_step, ode_steps, batch_size)
+    target = ExtendedTarget(system, flow, estimator, sigma_b, fd_step, ode_steps, batch_size, step_noise)
     if n < 1 or n_chains < 1 or thin < 1 or warmup < 0 or n_refresh < 1 or init_candidates < 1:
         raise ValueError("n, n_chains, thin, n_refresh and init_candidates must be >= 1, warmup >= 0")
     n_chains = min(n_chains, n)
@@ -516,7 +544,7 @@ def sample_fp(
     settings = {"n_chains": n_chains, "thin": thin, "warmup": warmup, "n_refresh": n_refresh,
                 "init_candidates": init_candidates, "estimator": estimator,
                 "sigma_b": sigma_b if sigma_b is not None else flow.sigma_b, "fd_step": fd_step,
-                "ode_steps": ode_steps or flow.n_steps}
+                "ode_steps": ode_steps or flow.n_steps, "step_noise": step_noise}
     ckpt = Checkpoint(checkpoint, run={"system": system.name, "sampler": "fp", "n": n, "seed": seed,
                                        "model": model_name, **settings}, every_seconds=checkpoint_seconds)
     rng = np.random.default_rng(seed)

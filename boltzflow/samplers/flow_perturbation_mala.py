@@ -1,11 +1,13 @@
 """Gradient-based (Metropolis-adjusted Langevin) moves on the extended space ``(x_T, ε)`` of flow perturbation.
 
-The SMC targets ``π_β(y) ∝ N(x_T) N(ε) ω(x_T, ε)^β`` with ``y = (x_T, ε)`` (``2d`` coordinates),
+The SMC targets ``π_β(y) ∝ N(x_T) N(ε) ω(x_T, ε)^β`` with ``y = (x_T, ε)`` (``d + m`` coordinates,
+``m`` = :attr:`~.flow_perturbation.ExtendedTarget.noise_dim`: ``N·d`` for ``"multistep"``),
 
     log π_β(y) = −½‖x_T‖² − ½‖ε‖² + β log ω(y) + const,
 
 and ``log ω = −u(x0) + ΔS + log J_chart − log p_Z(x_T)`` is differentiable in ``y``: autograd runs
-through both RK4 passes (B and F), σ_F and the chart, and the energy's gradient ``∂u/∂x`` (forces)
+through both RK4 passes (B and F; for ``"multistep"`` the ``N`` noisy backward steps and the
+``N`` forward steps from each), σ_F and the chart, and the energy's gradient ``∂u/∂x`` (forces)
 is chained in at the configuration. A move proposes
 
     y' = y + m(y) + √h ξ,   m(y) = (h/2) ∇log π_β(y) / max(1, ‖(h/2) ∇log π_β(y)‖ / √(2 d h)),
@@ -16,7 +18,7 @@ Metropolis–Hastings ratio of ``π_β`` and the Gaussian proposal densities bot
 changes the proposal, not the target: the move keeps ``π_β`` invariant for any drift.
 
 ``∇ log ω`` is stored with each state (independent of ``β``), so a move costs one weight-and-gradient
-evaluation per particle: the two ODE passes of ``"perturbed"`` plus their backward passes (about
+evaluation per particle: the two ODE passes of ``"multistep"`` or ``"perturbed"`` plus their backward passes (about
 three times a refresh move), and for ``"hutchinson"`` a second-order backward pass through the
 velocity network.
 """
@@ -42,7 +44,7 @@ def log_omega_with_gradient(
     target : ExtendedTarget
         Flow, estimator and system.
     z, eps : np.ndarray
-        ``(B, d)`` latent and noise vectors.
+        ``(B, d)`` latent and ``(B, m)`` noise vectors.
 
     Returns
     -------
@@ -53,7 +55,7 @@ def log_omega_with_gradient(
     log_w : np.ndarray
         ``(B,)`` ``log ω`` (``−inf``: zero weight).
     gradient : np.ndarray
-        ``(B, 2d)`` ``∂ log ω / ∂(x_T, ε)``; NaN rows where it or ``log ω`` is not finite (such
+        ``(B, d + m)`` ``∂ log ω / ∂(x_T, ε)``; NaN rows where it or ``log ω`` is not finite (such
         states are never moved to or from by :func:`mala_move`, which keeps ``π_β`` invariant).
     """
     n, d = z.shape
@@ -61,14 +63,14 @@ def log_omega_with_gradient(
     x = np.empty((n, system.dim))
     u = np.empty(n)
     log_w = np.empty(n)
-    gradient = np.empty((n, 2 * d))
+    gradient = np.empty((n, d + eps.shape[1]))
     for start in range(0, n, target.batch_size):
         rows = slice(start, start + target.batch_size)
         zt = torch.tensor(z[rows], dtype=torch.float64, device=target.device, requires_grad=True)
         et = torch.tensor(eps[rows], dtype=torch.float64, device=target.device, requires_grad=True)
         with torch.enable_grad():
             y0, delta_s = flow_perturbation(flow, zt, et, target.estimator, target.sigma_b, target.fd_step,
-                                            target.ode_steps, differentiable=True)
+                                            target.ode_steps, differentiable=True, step_noise=target.step_noise)
             xb, chart_log_det = flow.to_configuration_with_log_det(y0)
             xb_np = xb.detach().cpu().numpy()
             result = system.energy.evaluate(xb_np, need_gradient=True)
@@ -119,7 +121,7 @@ def mala_move(
     z, eps, x, u, log_w : np.ndarray
         Current states, configurations, energies and ``log ω``.
     grad_log_w : np.ndarray
-        ``(B, 2d)`` ``∇ log ω`` of the current states (:func:`log_omega_with_gradient`); NaN rows
+        ``(B, d + m)`` ``∇ log ω`` of the current states (:func:`log_omega_with_gradient`); NaN rows
         (states of zero weight) are not moved.
     beta : float
         Exponent of ``ω``.

@@ -8,10 +8,11 @@ Particles start from the priors ``x_T ~ N(0, I)``, ``ε ~ N(0, I)`` and are carr
    resampled particles share the replica's mean weight, so the weights keep the evidence and
    ``E[mean W] = Z``;
 3. ``mcmc_steps`` Metropolis moves on ``π_β`` (:func:`~.flow_perturbation.refresh_move`) refreshing
-   ``K_j`` coordinates, ``K`` annealed geometrically from ``k_max`` (bold moves while the target is
-   flat) to ``k_min``; then ``gradient_steps`` tamed-MALA moves (:mod:`.flow_perturbation_mala`:
-   autograd through the flow and the forces), their step adapted after every temperature towards
-   an acceptance of 0.574.
+   ``K_j`` coordinates of ``x_T`` and ``K_j`` per ``d`` of ``ε`` (the same fraction: ``N·K_j`` of
+   the ``N·d`` noise coordinates of the default ``"multistep"`` estimator), ``K`` annealed
+   geometrically from ``k_max`` (bold moves while the target is flat) to ``k_min``; then
+   ``gradient_steps`` tamed-MALA moves (:mod:`.flow_perturbation_mala`: autograd through the flow
+   and the forces), their step adapted after every temperature towards an acceptance of 0.574.
 
 The particles run as ``n_replicas`` independent SMC populations in one batch. The SampleSet holds
 the particles at ``β = 1`` with their final log-weights; they are correlated (common ancestors),
@@ -31,6 +32,7 @@ from scipy.special import expit, logsumexp
 from tqdm.auto import tqdm
 
 from ..flows.continuous import ContinuousFlow
+from ..flows.continuous_perturbation import STEP_NOISE
 from ..samples import SampleSet
 from ..systems.system import System
 from .checkpoint import Checkpoint
@@ -97,7 +99,7 @@ def sample_fp_smc(
     ess_threshold: float = 0.95,
     gradient_steps: int = 0,
     mala_step: float = 1e-3,
-    estimator: str = "perturbed",
+    estimator: str = "multistep",
     sigma_b: float | None = None,
     fd_step: float = 1e-3,
     ode_steps: int | None = None,
@@ -105,6 +107,7 @@ def sample_fp_smc(
     progress: bool = True,
     checkpoint: str | Path | None = None,
     checkpoint_seconds: float = 60.0,
+    step_noise: float = STEP_NOISE,
 ) -> SampleSet:
     """Flow-perturbation SMC: annealed, resampled, Metropolis-moved particles on ``(x_T, ε)``.
 
@@ -127,7 +130,8 @@ def sample_fp_smc(
     beta_min : float
         First exponent.
     k_max, k_min : int
-        Refreshed coordinates per move at the first and the last temperature (geometric in between).
+        Refreshed coordinates of ``x_T`` (and per ``d`` of ``ε``) per move at the first and the last
+        temperature (geometric in between).
     ess_threshold : float
         Resample a replica when its Kish ESS is below this fraction of its particles.
     gradient_steps : int
@@ -135,15 +139,16 @@ def sample_fp_smc(
         refresh moves and moves every coordinate along ``∇ log π_β``.
     mala_step : float
         Initial MALA step ``h`` (noise variance per coordinate), adapted after every temperature.
-    estimator : {"perturbed", "stretch", "hutchinson"}
-        Flow-perturbation estimator, or ``"hutchinson"``: the biased baseline on the same extended
-        space (``ε`` as its probe), for side-by-side comparisons.
+    estimator : {"multistep", "perturbed", "stretch", "hutchinson"}
+        Flow-perturbation estimator (:mod:`boltzflow.flows.continuous_perturbation`), or
+        ``"hutchinson"``: the biased baseline on the same extended space (``ε`` as its probe), for
+        side-by-side comparisons.
     sigma_b : float, optional
-        σ_B (default: the model's).
+        σ_B of ``"perturbed"`` (default: the model's).
     fd_step : float
         Central-difference step of ``"stretch"``.
     ode_steps : int, optional
-        RK4 steps (default: the model's).
+        RK4 steps (default: the model's); for ``"multistep"`` also its noisy steps.
     batch_size : int
         States pushed through the flow at once.
     progress : bool
@@ -152,6 +157,8 @@ def sample_fp_smc(
         Checkpoint file (after every temperature); an existing one from the same run is resumed.
     checkpoint_seconds : float
         Seconds between checkpoints.
+    step_noise : float
+        ``σ₀`` of ``"multistep"`` (standardised units; ``σ₀ √h`` per step).
 
     Returns
     -------
@@ -163,7 +170,7 @@ def sample_fp_smc(
         ``n_resampling_events``, ``n_unique`` (distinct final particles), ``n_nonfinite_proposals``.
     """
     flow, model_name = resolve_continuous_model(system, model)
-    target = ExtendedTarget(system, flow, estimator, sigma_b, fd_step, ode_steps, batch_size)
+    target = ExtendedTarget(system, flow, estimator, sigma_b, fd_step, ode_steps, batch_size, step_noise)
     if n < 2 or n_replicas < 1 or n_temperatures < 1 or mcmc_steps < 0 or gradient_steps < 0:
         raise ValueError("need n >= 2, n_replicas >= 1, n_temperatures >= 1, mcmc_steps >= 0 and gradient_steps >= 0")
     if not mala_step > 0:
@@ -178,7 +185,7 @@ def sample_fp_smc(
     settings = {"n_replicas": n_replicas, "n_temperatures": n_temperatures, "mcmc_steps": mcmc_steps,
                 "beta_min": beta_min, "k_max": k_max, "k_min": k_min, "ess_threshold": ess_threshold,
                 "gradient_steps": gradient_steps, "mala_step": mala_step, "estimator": estimator, "sigma_b": sigma_b if sigma_b is not None else flow.sigma_b,
-                "fd_step": fd_step, "ode_steps": ode_steps or flow.n_steps}
+                "fd_step": fd_step, "ode_steps": ode_steps or flow.n_steps, "step_noise": step_noise}
     ckpt = Checkpoint(checkpoint, run={"system": system.name, "sampler": "fp-smc", "n": n, "seed": seed,
                                        "model": model_name, **settings}, every_seconds=checkpoint_seconds)
     rng = np.random.default_rng(seed)
@@ -191,11 +198,11 @@ def sample_fp_smc(
             arrays[k] for k in ("z", "eps", "x", "u", "log_w", "W", "origin", "grad", "stale"))
         rng.bit_generator.state = info.pop("rng")
     else:
-        z, eps = rng.standard_normal((n, target.dim)), rng.standard_normal((n, target.dim))
+        z, eps = rng.standard_normal((n, target.dim)), rng.standard_normal((n, target.noise_dim))
         x, u, log_w = target.evaluate(z, eps)
         log_big_w = np.zeros(n)
         origin = np.arange(n)
-        grad = np.full((n, 2 * target.dim) if gradient_steps else (n, 0), np.nan)  # ∇ log ω of each state
+        grad = np.full((n, target.dim + target.noise_dim) if gradient_steps else (n, 0), np.nan)  # ∇ log ω
         stale = np.ones(n, dtype=bool)  # gradients not computed for the current state yet
     evaluated = info["evaluations"]  # weight evaluations of earlier sessions of a resumed run
     bar = tqdm(total=n_temperatures, initial=info["step"], desc=f"FP-SMC {system.name}", disable=not progress,
