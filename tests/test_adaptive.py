@@ -247,11 +247,13 @@ def test_reweighted_ml_restores_the_mode_weight_that_a_biased_buffer_loses(doubl
     reweighted, ess = _flow_right_mass(double_well, biased_buffer, 5.0)
     # maximum likelihood on the buffer learns the buffer's mode weight, far from the Boltzmann one
     assert ml_only < 0.2, ml_only
-    # the reweighted term moves it most of the way to the exact 0.844 (the buffer term still pulls back)
+    # the reweighted term moves it most of the way to the exact 0.844 (the buffer term still pulls back;
+    # 0.67-0.72 over seeds 0-3, with the ML-only flow at 0.02-0.03)
     assert reweighted > 0.6, reweighted
     assert abs(reweighted - P_B) < 0.5 * abs(ml_only - P_B), (ml_only, reweighted)
-    # and the flow becomes a better importance sampler of the target while doing so
-    assert ess[-1] > 2 * ess[0], ess
+    # and the flow becomes a better importance sampler of the target while doing so (the last five rounds:
+    # one round's 512 draws are noisy; over seeds 0-3 their mean was 0.81-0.90, the first round 0.004-0.31)
+    assert np.mean(ess[-5:]) > 2 * ess[0], ess
 
 
 def test_reweighted_draws_weights_are_self_normalised_tempered_clipped_and_skip_non_finite():

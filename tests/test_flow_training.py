@@ -82,15 +82,54 @@ def test_double_well_free_energy_from_ml_then_kl():
     torch.manual_seed(0)
     flow = build_flow(system, n_layers=4, hidden=(32, 32), data=data)
     train(system, flow, data, n_iterations=200, batch_size=256, lr=3e-3, w_ml=1.0, w_kl=0.0, progress=False)
-    history = train(system, flow, data, n_iterations=400, batch_size=256, lr=3e-3, w_ml=0.0, w_kl=1.0, progress=False)
+    # KL stage as recommended: a small ML term against dropping a well, a cosine-decayed learning rate, and
+    # the rollback (on by default). At a constant lr = 3e-3 and w_ml = 0 the final ESS was 0.0019 on one CPU,
+    # 0.42-0.99 over torch seeds 0-8 here, one run dropped a well (ESS 0.99, Delta F off by 10 kT); with this
+    # recipe 0.90-0.97 over seeds 0-7 (Delta F within 1.1 sigma, error <= 0.04)
+    history = train(system, flow, data, n_iterations=400, batch_size=256, lr=3e-3, lr_final=1e-4, w_ml=0.1,
+                    w_kl=1.0, progress=False)
     assert history.n_dropped == 0
-    samples = sample_flow(system, 10000, seed=1, model=flow, progress=False)
-    # 400 KL steps: 150 gave 0.4 on one CPU and 0.19 on another (floating-point differences in training)
-    assert bf.estimate.relative_ess(samples) > 0.5
+    # 160 000 draws: this flow's weights are bounded (largest 6-8x the mean) but lumpy, and at 10 000 draws
+    # their top tail looks heavy (Pareto k-hat 2.8-3.1 there, 0.8-1.0 at 40 000, -0.3 at 160 000), so the
+    # estimate would be flagged for a tail that more samples show to be harmless
+    samples = sample_flow(system, 160_000, seed=1, model=flow, progress=False)
+    assert bf.estimate.relative_ess(samples) > 0.7
     delta_f = bf.estimate.free_energy_difference(samples, lambda x: x[:, 0] < 0, lambda x: x[:, 0] > 0)
     assert delta_f.reliable
     assert abs(delta_f.value - exact) < 3 * delta_f.error
     assert delta_f.error < 0.1
+
+
+def test_reverse_kl_rollback_restores_the_best_probe_and_leaves_ml_training_alone():
+    loc, scale = torch.tensor([1.0, -2.0], dtype=torch.float64), torch.tensor([1.5, 0.5], dtype=torch.float64)
+    system = bf.System.from_energy(lambda x: 0.5 * (((x - loc) / scale) ** 2).sum(-1), dim=2)
+    torch.manual_seed(0)
+    data = loc + scale * torch.randn(5000, 2, dtype=torch.float64)
+
+    def standardised() -> bf.flows.FlowDistribution:  # q = N(mean, diag(std**2)) of the data: nearly the target
+        torch.manual_seed(1)
+        return build_flow(system, n_layers=2, hidden=(8,), data=data)
+
+    x = torch.randn(100, 2, dtype=torch.float64)
+    start = standardised().log_prob(x)
+    # Adam at lr = 1 moves every parameter by ~1 in its first steps: the flow is wrecked (final probe ESS
+    # 0.02–0.19 over seeds 0–7, from 0.998) and the rollback returns the flow it started from
+    options = {"n_iterations": 20, "batch_size": 64, "lr": 1.0, "w_ml": 0.0, "w_kl": 1.0, "ess_every": 5,
+               "progress": False}
+    flow = standardised()
+    history = train(system, flow, **options)
+    assert history.probe_iteration == [0, 5, 10, 15, 20]
+    assert history.probe_ess[0] > 0.99 and history.probe_ess[-1] < 0.5
+    assert history.rolled_back and history.best_iteration == 0
+    assert torch.equal(flow.log_prob(x), start)
+    unguarded = standardised()
+    history = train(system, unguarded, **options, rollback_factor=None)
+    assert not history.rolled_back and history.probe_ess == [] and history.best_iteration is None
+    assert not torch.allclose(unguarded.log_prob(x), start, atol=0.1)
+    # no probe without the KL term: maximum-likelihood training is what it was
+    history = train(system, standardised(), data=bf.SampleSet(x=data.numpy(), energies=np.zeros(5000)),
+                    n_iterations=5, batch_size=64, progress=False)
+    assert history.probe_ess == [] and not history.rolled_back
 
 
 def test_energy_cut_is_identity_below_and_smooth_monotone_above():

@@ -12,6 +12,15 @@ Safeguards, for the *loss only* (energies used for weights are never altered): t
 clamped at ``u_max`` and cut smoothly above ``u_high`` (:func:`cut_energy`); flow samples whose
 energy or density is not finite are dropped from the KL term and counted; the gradient norm is
 clipped; a step whose gradients are still not finite is skipped and counted.
+
+Reverse-KL rollback: reverse-KL steps can leave a good flow much worse (a large step on a batch
+with heavy weights, and the flow does not recover in the remaining steps; which run does so depends
+on floating-point details, hence on the CPU). When the KL term is on and no validation set is
+given, the relative ESS of a fixed probe batch of flow draws is measured before training, every
+``ess_every`` steps and at the end; if the final ESS is below the best one divided by
+``rollback_factor``, the flow is returned with the parameters of the best probe. A well that the
+flow is dropping shows up while a few probe draws still land in it (with huge weights); a mode the
+flow has lost entirely does not: against that, keep an ML term (``w_ml > 0``) or give a validation set.
 """
 
 from __future__ import annotations
@@ -56,7 +65,13 @@ class TrainingHistory:
     validation_iteration, validation_ml : list
         Iterations at which the held-out negative log-likelihood was measured, and its values.
     best_iteration : int or None
-        Iteration count of the parameters kept (lowest held-out NLL), when validating.
+        Iteration count of the parameters kept: the lowest held-out NLL when validating, or the
+        best probe ESS after a reverse-KL rollback.
+    probe_iteration, probe_ess : list
+        Iteration counts at which the reverse-KL probe batch was drawn (0: before training), and
+        its relative ESS.
+    rolled_back : bool
+        Whether the reverse-KL rollback restored the parameters of the best probe.
     seconds : float
         Wall-clock time spent in training steps, summed over resumed sessions.
     """
@@ -70,6 +85,9 @@ class TrainingHistory:
     validation_iteration: list[int] = field(default_factory=list)
     validation_ml: list[float] = field(default_factory=list)
     best_iteration: int | None = None
+    probe_iteration: list[int] = field(default_factory=list)
+    probe_ess: list[float] = field(default_factory=list)
+    rolled_back: bool = False
     seconds: float = 0.0
 
 
@@ -213,6 +231,20 @@ def _validation_nll(flow: FlowDistribution, x: torch.Tensor, p: torch.Tensor, ba
     return total
 
 
+def _probe_ess(system: System, flow: FlowDistribution, n: int, seed: int, device: str) -> float:
+    """Relative ESS of ``n`` flow draws, without gradients.
+
+    The latent batch is seeded afresh on every call, so successive probes compare parameters on
+    the same draws (common random numbers), and the training random stream is left untouched.
+    """
+    flow.eval()
+    with torch.no_grad():
+        x, log_q = flow.sample(n, torch.Generator(device=device).manual_seed(seed))
+        u = torch.as_tensor(system.energy.evaluate(x.cpu(), need_gradient=False).energy).to(log_q)
+    flow.train()
+    return relative_ess(-u - log_q)
+
+
 def _save_checkpoint(
     path: Path, run: dict[str, Any], iteration: int, flow: FlowDistribution, optimizer: torch.optim.Optimizer,
     schedule: torch.optim.lr_scheduler.LRScheduler | None, generator: torch.Generator, history: TrainingHistory,
@@ -281,6 +313,8 @@ def train(
     lr_final: float | None = None,
     validation: SampleSet | None = None,
     validate_every: int = 200,
+    rollback_factor: float | None = 2.0,
+    probe_size: int = 1024,
 ) -> TrainingHistory:
     """Train ``flow`` in place with Adam on ``w_ml · ML + w_kl · KL``.
 
@@ -318,7 +352,9 @@ def train(
     max_grad_norm : float
         Gradient-norm clipping threshold.
     ess_every : int
-        Period of the ESS probe when ``w_kl == 0``.
+        Period of the ESS probe: of a batch of ``batch_size`` flow samples for the progress bar
+        when ``w_kl == 0``; of the rollback probe when ``w_kl > 0`` (at the start and the end
+        only, if not positive).
     data_weighting : {"importance", "uniform"}
         How ML batches are drawn from ``data``: in proportion to the samples' importance weights
         (an unbiased sample of the target), or uniformly (a deliberate mixture such as MD plus
@@ -331,6 +367,15 @@ def train(
         that scored best (early stopping against overfitting the training frames).
     validate_every : int
         Period of the validation.
+    rollback_factor : float or None
+        Reverse-KL rollback (when ``w_kl > 0`` and no ``validation``; the held-out NLL decides
+        otherwise): if the relative ESS of the probe batch at the end is below its best value
+        divided by this factor (``> 1``), the flow keeps the parameters of the best probe instead
+        (``history.rolled_back``, ``history.best_iteration``). ``None`` switches the probe off.
+        The probe sees only where the flow puts mass: it cannot see a mode the flow has lost entirely.
+    probe_size : int
+        Flow draws in the rollback probe batch (energies without forces, ``probe_size / batch_size``
+        of a training step's energy evaluations per ``ess_every`` steps).
 
     Returns
     -------
@@ -342,6 +387,10 @@ def train(
         raise ValueError("maximum-likelihood training (w_ml > 0) needs data")
     if n_iterations < 0 or batch_size < 1:
         raise ValueError("n_iterations must be >= 0 and batch_size >= 1")
+    if rollback_factor is not None and not (rollback_factor > 1 and probe_size >= 1):
+        raise ValueError(f"rollback_factor must exceed 1 (got {rollback_factor}) and probe_size be >= 1")
+    probing = w_kl > 0 and validation is None and rollback_factor is not None and n_iterations > 0
+    probe_seed = int(np.random.SeedSequence([seed, 1]).generate_state(1)[0])
     flow.to(device)
     generator = torch.Generator(device=device).manual_seed(seed)
     data_x, data_p = _data_sampler(data, system.dim, device, data_weighting) if w_ml > 0 else (None, None)
@@ -357,6 +406,7 @@ def train(
         "w_ml": w_ml, "w_kl": w_kl, "seed": seed, "n_data": 0 if data_x is None else len(data_x),
         "data_weighting": data_weighting, "lr_final": lr_final,
         "n_validation": 0 if valid_x is None else len(valid_x), "validate_every": validate_every,
+        "rollback_factor": rollback_factor if probing else None, "probe_size": probe_size if probing else None,
     }
     path = None if checkpoint is None else Path(checkpoint)
     start = 0
@@ -369,6 +419,10 @@ def train(
     last_save = time.monotonic()
     bar = tqdm(total=n_iterations, initial=start, desc=f"train {system.name}", disable=not progress, unit="it")
     flow.train()
+    if probing and start == 0:
+        history.probe_iteration.append(0)
+        history.probe_ess.append(_probe_ess(system, flow, probe_size, probe_seed, device))
+        best = {k: v.detach().clone() for k, v in flow.state_dict().items()}
     for iteration in range(start, n_iterations):
         step_start = time.monotonic()
         optimizer.zero_grad(set_to_none=True)
@@ -416,11 +470,22 @@ def train(
                 best = {k: v.detach().clone() for k, v in flow.state_dict().items()}
                 history.best_iteration = done
             bar.set_postfix(loss=f"{float(loss.detach()):.3f}", ess=f"{ess:.2f}", valid=f"{nll:.3f}")
+        if probing and ((ess_every > 0 and done % ess_every == 0) or done == n_iterations):
+            history.probe_iteration.append(done)
+            history.probe_ess.append(_probe_ess(system, flow, probe_size, probe_seed, device))
+            if history.probe_ess[-1] > max(history.probe_ess[:-1]):
+                best = {k: v.detach().clone() for k, v in flow.state_dict().items()}
         if path is not None and (done == n_iterations or time.monotonic() - last_save >= checkpoint_seconds):
             _save_checkpoint(path, run, done, flow, optimizer, schedule, generator, history, best)
             last_save = time.monotonic()
     bar.close()
-    if best is not None:
+    if probing:
+        top = int(np.argmax(history.probe_ess))
+        history.rolled_back = history.probe_ess[-1] < history.probe_ess[top] / rollback_factor
+        if history.rolled_back:
+            history.best_iteration = history.probe_iteration[top]
+            flow.load_state_dict(best)
+    elif best is not None:
         flow.load_state_dict(best)
     flow.eval()
     return history
