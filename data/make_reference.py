@@ -22,13 +22,15 @@ Runs checkpoint under ``data/.work/``; rerunning the same command resumes after 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import multiprocessing as mp
 import time
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
-from scipy import integrate
+from scipy import integrate, special
 
 import boltzflow as bf
 from boltzflow.estimate.report import summarize
@@ -196,7 +198,74 @@ def gaussian_mixture_exact(name: str) -> dict[str, float]:
     }
 
 
-EXACT_ONLY.update(gmm10=lambda: gaussian_mixture_exact("gmm10"), gmm1000=lambda: gaussian_mixture_exact("gmm1000"))
+def four_wells_exact() -> dict[str, float]:
+    """Exact log Z, ⟨u⟩, ⟨a⟩, ⟨b⟩, P(A), P(B) and ΔF(B−A) of ``four_wells_2d`` by 1D quadrature.
+
+    ``u = v(a) + 2 (b − c(a))²`` with ``c(a) = 0.4 sin 1.5a``: given ``a``, ``b`` is normal with
+    mean ``c(a)`` and variance 1/4, so ``Z = √(π/2) ∫ e^{−v}``, ``⟨u⟩ = ⟨v⟩ + 1/2``, ``⟨b⟩ = ⟨c(a)⟩``.
+    """
+    system = bf.load_system("four_wells_2d")
+    if {k: s.expression.replace(" ", "") for k, s in system.states.items()} != {"A": "a<-1.5", "B": "a>1.5"}:
+        raise ValueError("four_wells_2d: the exact reference assumes states A = 'a < -1.5', B = 'a > 1.5'")
+
+    def v(a: float) -> float:
+        return 0.75 * (a**2 - 1.0) ** 2 * (a**2 - 4.0) ** 2 + 0.6 * a
+
+    def quad(f, lo: float = -3.5, hi: float = 3.5) -> float:
+        return integrate.quad(lambda a: f(a) * np.exp(-v(a)), lo, hi, points=[-2, -1, 1, 2], limit=400,
+                              epsabs=0, epsrel=1e-12)[0]
+
+    z1 = quad(lambda a: 1.0)
+    p_a, p_b = quad(lambda a: 1.0, -3.5, -1.5) / z1, quad(lambda a: 1.0, 1.5, 3.5) / z1
+    return {
+        "log_z": float(np.log(z1) + 0.5 * np.log(np.pi / 2)),
+        "mean_energy": float(quad(v) / z1 + 0.5),
+        "mean_a": float(quad(lambda a: a) / z1),
+        "mean_b": float(quad(lambda a: 0.4 * np.sin(1.5 * a)) / z1),
+        "p_a": float(p_a),
+        "p_b": float(p_b),
+        "delta_f_b_minus_a": float(-np.log(p_b / p_a)),
+    }
+
+
+def _system_module(system: bf.System) -> ModuleType:
+    """The ``system.py`` module of a ``type = "python"`` system folder (its exact constants and answers)."""
+    spec = importlib.util.spec_from_file_location(f"reference_{system.name}", Path(system.source) / "system.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def torsion_exact() -> dict[str, float]:
+    """Exact P(A), P(B), ΔF(B−A), ⟨φ⟩ and ⟨u⟩ of ``torsion_4atom`` (1D quadratures in its module; no log Z:
+    the chain's centre of mass and orientation are free)."""
+    system = bf.load_system("torsion_4atom")
+    return _system_module(system).exact_answers(system.temperature)
+
+
+def correlated_gaussian_exact() -> dict[str, float]:
+    """Exact log Z, ⟨u⟩, ⟨x0⟩, ⟨x9⟩, P(A), P(B) and ΔF(B−A) of ``gaussian_10d_correlated`` (closed form)."""
+    system = bf.load_system("gaussian_10d_correlated")
+    if {k: s.expression.replace(" ", "") for k, s in system.states.items()} != {"A": "x9<0", "B": "x9>0"}:
+        raise ValueError("gaussian_10d_correlated: the exact reference assumes states A = 'x9 < 0', B = 'x9 > 0'")
+    module = _system_module(system)
+    cov, mean = module.COVARIANCE, module.MEAN
+    dim = mean.size
+    p_a = float(special.ndtr(-mean[9] / np.sqrt(cov[9, 9])))
+    return {
+        "log_z": float(0.5 * np.linalg.slogdet(2 * np.pi * cov)[1]),
+        "mean_energy": 0.5 * dim,
+        "mean_x0": float(mean[0]),
+        "mean_x9": float(mean[9]),
+        "p_a": p_a,
+        "p_b": 1.0 - p_a,
+        "delta_f_b_minus_a": float(-np.log((1.0 - p_a) / p_a)),
+    }
+
+
+EXACT_ONLY.update(gmm10=lambda: gaussian_mixture_exact("gmm10"), gmm1000=lambda: gaussian_mixture_exact("gmm1000"),
+                  four_wells_2d=four_wells_exact, gaussian_10d_correlated=correlated_gaussian_exact,
+                  torsion_4atom=torsion_exact)
 
 
 X1_EDGES = np.linspace(-2.5, 2.5, 51)  # double_well_2d: profile along x1
