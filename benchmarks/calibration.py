@@ -115,7 +115,7 @@ def _toy_budgets(cnf_exact_n: int) -> dict[str, dict[str, Any]]:
 
 
 TARGETS: dict[str, Target] = {
-    "four_wells_2d": Target("four_wells_2d", "a", _toy_budgets(cnf_exact_n=2000), data="wells"),
+    "four_wells_2d": Target("four_wells_2d", "a", _toy_budgets(cnf_exact_n=1000), data="wells"),
     "gaussian_10d_correlated": Target("gaussian_10d_correlated", "x9", _toy_budgets(cnf_exact_n=1000), data="exact"),
     "torsion_4atom": Target("torsion_4atom", "phi", {
         "md": {"n": 4000, "thin": 250, "equilibration_ps": 5.0},

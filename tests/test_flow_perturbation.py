@@ -179,16 +179,21 @@ def test_fp_chains_and_smc_match_quadrature(toy):
     chains = bf.sample(system, "fp", n=2000, seed=6, model=flow, n_chains=16, warmup=50, progress=False)
     assert chains.correlated and set(np.unique(chains.chain)) == set(range(16))
     assert np.all(chains.log_weights == 0) and 0.1 < chains.metadata["acceptance_rate"] < 1
-    # seed 8: with 8 replicas the spread-based error bars have heavy tails (multistep, seeds 7-14: log Z at
-    # -4.5 sigma for seed 7, within 3.4 sigma for the rest)
-    smc = bf.sample(system, "fp-smc", n=2000, seed=8, model=flow, n_temperatures=10, progress=False)
+    # errors from the spread of 8 replicas have heavy tails (t with 7 degrees of freedom; multistep, seeds
+    # 7-14: log Z at -4.5 sigma for seed 7, within 3.4 sigma for the rest): every estimate is checked on
+    # three seeds, of which at least two must be within 3.5 sigma — a biased estimator fails all three
+    runs = [bf.sample(system, "fp-smc", n=2000, seed=seed, model=flow, n_temperatures=10, progress=False)
+            for seed in (8, 9, 10)]
+    smc = runs[0]
     assert smc.correlated and smc.metadata["normalized_proposal"] and set(np.unique(smc.chain)) == set(range(8))
     assert smc.metadata["n_resampling_events"] > 0 and smc.metadata["n_unique"] > 500
     assert smc.metadata["estimator"] == chains.metadata["estimator"] == "multistep"
-    for samples in (chains, smc):
-        for key, estimate in _estimates(samples).items():
-            assert abs(_z(estimate, truth[key])) < 3.5, (samples.metadata["sampler"], key, estimate)
-    assert abs(_z(bf.estimate.log_partition_function(smc), truth["log_z"])) < 3.5
+    for key, estimate in _estimates(chains).items():
+        assert abs(_z(estimate, truth[key])) < 3.5, ("fp", key, estimate)
+    z_smc = {key: [_z(_estimates(run)[key], truth[key]) for run in runs] for key in OBSERVABLES}
+    z_smc["log_z"] = [_z(bf.estimate.log_partition_function(run), truth["log_z"]) for run in runs]
+    for key, z in z_smc.items():
+        assert sum(abs(v) < 3.5 for v in z) >= 2, ("fp-smc", key, z)
 
 
 def test_flow_perturbation_rejects_bad_input(toy):

@@ -153,6 +153,22 @@ def test_lfep_model_file_errors(tmp_path, crystal):
         load_lfep(path, other)
     with pytest.raises(ValueError, match="periodic crystal"):
         build_temperature_map(RigidBodySpec(REFERENCE, CENTRES, None), lattice, np.tile(lattice, (4, 1)), 250.0, 100.0)
+    # a model file never runs code when loaded: a pickled callable is refused, not called
+    marker = tmp_path / "ran"
+    torch.save({"format": "boltzflow-lfep", "payload": _RunsCode(str(marker))}, tmp_path / "evil.pt")
+    with pytest.raises(ValueError, match="corrupted or not a torch file"):
+        load_lfep(tmp_path / "evil.pt")
+    assert not marker.exists()
+
+
+class _RunsCode:
+    """Unpickling this object would create a file (what a hostile model file could do instead)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.path),))
 
 
 def test_ice_energy_gradient_through_the_chart_matches_finite_differences():

@@ -167,7 +167,7 @@ def test_declared_observables_and_states_match_the_built_system(info):
     declared = declared_system(info.name)
     if declared is None:  # python systems, and those adding observables in code: the CLI builds them
         assert not SYSTEM_TYPES[read_definition(info.folder)["type"]].observables_declared
-        pytest.skip(f"{info.name}: observables known only by building")
+        return
     system = bf.load_system(info.name)
     assert (declared.name, declared.temperature, declared.source) == (system.name, system.temperature, system.source)
     assert declared.observables.keys() == system.observables.keys()

@@ -111,7 +111,8 @@ def free_energy_difference(
     if problems:
         empty = min(state_ess.values()) == 0
         estimate = mark_unreliable(estimate, "Delta F: " + "; ".join(problems), empty=empty)
-    return attach_pareto_k(estimate, samples.log_weights, correlated=samples.correlated, what="Delta F")
+    return attach_pareto_k(estimate, samples.log_weights, correlated=samples.correlated, what="Delta F",
+                           smoothed=smooth is not None)
 
 
 def _work(name: str, w: ArrayLike, allow_inf: bool) -> np.ndarray:

@@ -98,7 +98,8 @@ def expectation(
         method=f"{method}{', PSIS' if smooth else ''}, {uncertainty.method}",
     )
     estimate = require_ess(estimate, min_ess, "expectation")
-    return attach_pareto_k(estimate, samples.log_weights, correlated=samples.correlated, what="expectation")
+    return attach_pareto_k(estimate, samples.log_weights, correlated=samples.correlated, what="expectation",
+                           smoothed=smooth is not None)
 
 
 def log_partition_function(
@@ -178,4 +179,5 @@ def log_partition_function(
         method=f"log mean weight{', PSIS' if smooth else ''}, {uncertainty.method}",
     )
     estimate = require_ess(estimate, min_ess, "log Z")
-    return attach_pareto_k(estimate, samples.log_weights, correlated=samples.correlated, what="log Z")
+    return attach_pareto_k(estimate, samples.log_weights, correlated=samples.correlated, what="log Z",
+                           smoothed=smooth is not None)

@@ -90,7 +90,7 @@ def free_energy_profile(
     treatment as any :func:`~boltzflow.estimate.expectation` (delta method or bootstrap for
     independent samples, statistical inefficiency for MD/MCMC chains, replica spread for SMC).
     Independent weighted samples whose Pareto k̂ exceeds
-    :func:`~boltzflow.estimate.pareto.pareto_k_threshold` warn with a
+    :func:`~boltzflow.estimate.pareto.flag_threshold` warn with a
     :class:`~boltzflow.estimate.HeavyTailedWeightsWarning` (the sparse bins' low-ESS warnings are
     silenced: their errors show it).
 

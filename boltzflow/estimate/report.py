@@ -13,7 +13,7 @@ from ._observables import observable_values
 from .diagnostics import integrated_autocorrelation_time, r_hat
 from .free_energy import free_energy_difference
 from .importance import expectation, log_partition_function
-from .pareto import pareto_k, pareto_k_threshold
+from .pareto import flag_threshold, pareto_k
 from .result import Estimate, format_value_error, mark_unreliable
 from .weights import ess, relative_ess
 
@@ -58,7 +58,8 @@ def summarize(
     -------
     dict
         ``n``, ``n_failed``, ``correlated``, ``ess`` (Kish), ``relative_ess``, ``pareto_k`` and
-        ``pareto_k_threshold`` (weighted samples only; see :mod:`~boltzflow.estimate.pareto`), ``mean_energy``,
+        ``pareto_k_threshold`` (weighted samples only: the k̂ above which the raw-weight estimates are
+        flagged, :func:`~boltzflow.estimate.pareto.flag_threshold`), ``mean_energy``,
         ``observables`` (name to estimate), and ``delta_f`` and ``state_samples`` (if ``states``:
         ``{"A": count, "B": count}`` of samples with nonzero weight) and ``log_z`` (if the
         proposal is normalised), ``chain_diagnostics`` (correlated chains: integrated
@@ -71,7 +72,7 @@ def summarize(
     >>> samples = SampleSet(x, 0.5 * x[:, 0] ** 2, log_weights=-0.5 * x[:, 0] ** 2 + x[:, 0] ** 2 / 8)
     >>> summary = summarize(samples, {"x": lambda v: v[:, 0]})
     >>> round(summary["pareto_k"], 2) < 0.5, summary["pareto_k_threshold"]
-    (True, 0.7)
+    (True, 0.5)
     >>> stuck = SampleSet(x[x[:, 0] < 0], 0.5 * x[x[:, 0] < 0, 0] ** 2)  # a run that never reached x > 1
     >>> import warnings
     >>> with warnings.catch_warnings(record=True):  # flagged estimates warn (LowESSWarning)
@@ -91,7 +92,7 @@ def summarize(
     }
     if samples.is_weighted:
         summary["pareto_k"] = pareto_k(samples)
-        summary["pareto_k_threshold"] = pareto_k_threshold(len(samples))
+        summary["pareto_k_threshold"] = flag_threshold(len(samples))
     estimates: dict[str, Estimate] = {"mean_energy": expectation(samples, samples.energies, **options)}
     observed = {name: expectation(samples, f, **options) for name, f in (observables or {}).items()}
     counts = {} if states is None else _state_samples(samples, states)
@@ -221,10 +222,7 @@ def _pareto_row(k: float, threshold: float, correlated: bool) -> tuple[str, str,
     if k > threshold:
         return ("!! Pareto k̂", f"{k:.2f}", "",
                 f"> {threshold:.2f}: heavy-tailed weights, every weighted estimate is unreliable")
-    if k > 0.5:
-        return ("Pareto k̂", f"{k:.2f}", "",
-                f"ok (0.5 to {threshold:.2f}): the weights' variance may be infinite; error bars may be optimistic")
-    return ("Pareto k̂", f"{k:.2f}", "", f"good (< 0.5; unreliable above {threshold:.2f})")
+    return ("Pareto k̂", f"{k:.2f}", "", f"good (unreliable above {threshold:.2f})")
 
 
 def format_table(summary: dict[str, Any]) -> str:

@@ -205,7 +205,7 @@ def load_lfep(path: str | Path, spec: RigidBodySpec | None = None) -> Temperatur
     if not path.is_file():
         raise FileNotFoundError(f"LFEP model file not found: {path}")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=False)
+        payload = torch.load(path, map_location="cpu", weights_only=True)  # a model file never runs code
     except Exception as err:  # torch raises many types for a damaged file
         raise ValueError(f"cannot read LFEP model file {path} (corrupted or not a torch file): {err}") from None
     if not isinstance(payload, dict) or payload.get("format") != _FORMAT:
