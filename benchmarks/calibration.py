@@ -38,7 +38,7 @@ Usage, from the repository root::
         [--targets four_wells_2d ...] [--samplers flow imh ...] [--quick] [--fresh mala ...] [--retrain]
 
 Writes ``OUT/results.json`` (every per-seed estimate and the summary rows) and ``OUT/table.md``
-(the markdown table that is also printed).
+(the markdown tables that are also printed: one row per quantity, then a compact one per sampler).
 """
 
 from __future__ import annotations
@@ -342,6 +342,30 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def matrix_table(rows: list[dict[str, Any]]) -> str:
+    """A compact markdown table: one row per (target, sampler), one cell per quantity.
+
+    Each cell is ``mean z / coverage`` over the unflagged runs, the flagged fraction when nonzero,
+    and ``✗`` when the goal is missed (``all flagged`` when no run is left).
+    """
+    quantities = list(dict.fromkeys(r["quantity"] if not r["quantity"].startswith("mean_") or r["quantity"] ==
+                                    "mean_energy" else "mean_obs" for r in rows))
+    cells: dict[tuple[str, str], dict[str, str]] = {}
+    for r in rows:
+        q = r["quantity"] if not r["quantity"].startswith("mean_") or r["quantity"] == "mean_energy" else "mean_obs"
+        s = r["unflagged"]
+        flagged = f", {100 * r['flagged']:.0f} % flagged" if r["flagged"] > 0 else ""
+        if s["n"] == 0:
+            text = "all flagged"
+        else:
+            text = f"{s['mean_z']:+.2f} / {100 * s['coverage']:.0f} %{flagged}{'' if r['goal_met'] else ' ✗'}"
+        cells.setdefault((r["target"], r["sampler"]), {})[q] = text
+    lines = ["| target | sampler | " + " | ".join(quantities) + " |", "|---|---|" + "---|" * len(quantities)]
+    for (target, sampler), row in cells.items():
+        lines.append(f"| {target} | {sampler} | " + " | ".join(row.get(q, "") for q in quantities) + " |")
+    return "\n".join(lines)
+
+
 def run_benchmark(out: Path, targets: list[str], samplers: list[str] | None, seeds: int, quick: bool = False,
                   fresh: list[str] | None = None, retrain: bool = False, progress: bool = True
                   ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -427,8 +451,8 @@ def main(argv: list[str] | None = None) -> int:
     results, rows = run_benchmark(out, args.targets, args.samplers, seeds, quick=args.quick, fresh=args.fresh,
                                   retrain=args.retrain, progress=not args.quiet)
     table = markdown_table(rows)
-    (out / "table.md").write_text(table + "\n")
-    print(table)
+    (out / "table.md").write_text(table + "\n\n" + matrix_table(rows) + "\n")
+    print(table + "\n\n" + matrix_table(rows))
     failures = [r for r in results if "failure" in r]
     for r in failures:
         print(f"FAILED RUN {r['target']} {r['sampler']} seed {r['seed']}: {r['failure']}")
