@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..flows.continuous import ContinuousFlow, load_continuous_flow
+from ..flows.continuous import ContinuousFlow, DefensiveLatent, load_continuous_flow
 from ..flows.continuous_perturbation import ESTIMATORS, STEP_NOISE, flow_perturbation, log_omega, noise_dim
 from ..flows.ode import PROBES, HutchinsonDivergence, exact_divergence
 from ..samples import SampleSet
@@ -48,6 +48,10 @@ from .metadata import run_metadata
 
 # ODE passes (each n_steps RK4 steps) per weight, the unit of the cost comparisons (Hutchinson's one pass
 # carries a vector-Jacobian product per RK4 stage)
+DEFENSIVE_FRACTION, DEFENSIVE_SCALE = 0.0, 1.5
+"""Default defensive latent of the independent samplers (cnf-exact, fp-is): off (``defensive=0.1`` draws 10 % of
+the latents from N(0, 1.5² I); it costs samples where widened latents leave an internal-coordinate chart)."""
+
 ODE_PASSES = {"multistep": 2, "perturbed": 2, "stretch": 3, "hutchinson": 1}
 
 
@@ -111,11 +115,16 @@ class ExtendedTarget:
         States pushed through the flow at once.
     step_noise : float
         ``σ₀`` of ``"multistep"`` (standardised units; ``σ₀ √h`` per step).
+    latent : DefensiveLatent, optional
+        The density ``x_T`` is drawn from, in ``log ω`` (default: the flow's standard normal; only
+        independent draws — ``fp-is`` — may use another: the moves of ``fp``/``fp-smc`` preserve
+        the standard normal).
     """
 
     def __init__(
         self, system: System, flow: ContinuousFlow, estimator: str = "multistep", sigma_b: float | None = None,
         fd_step: float = 1e-3, ode_steps: int | None = None, batch_size: int = 1024, step_noise: float = STEP_NOISE,
+        latent: DefensiveLatent | None = None,
     ) -> None:
         _check_fp_options(estimator, sigma_b, fd_step, ode_steps, step_noise)
         if batch_size < 1:
@@ -123,6 +132,7 @@ class ExtendedTarget:
         self.system, self.flow = system, flow
         self.estimator, self.sigma_b, self.fd_step, self.ode_steps = estimator, sigma_b, fd_step, ode_steps
         self.step_noise = step_noise
+        self.latent = latent or DefensiveLatent()
         self.batch_size = batch_size
         self.device = flow.loc.device
         self.n_evaluations = 0
@@ -164,7 +174,7 @@ class ExtendedTarget:
             with torch.no_grad():
                 xb, chart_log_det = self.flow.to_configuration_with_log_det(y0)  # −inf off the chart's domain
                 x[rows] = xb.cpu().numpy()
-                log_pz[rows] = self.flow.latent_log_prob(zt).cpu().numpy()
+                log_pz[rows] = self.latent.log_prob(zt).cpu().numpy()
             delta_s[rows] = (ds + chart_log_det).cpu().numpy()
         energies = self.system.energy.evaluate(x, need_gradient=False).energy
         self.n_evaluations += n
@@ -192,16 +202,16 @@ def _importance(
 
 
 def _cnf_draw(flow: ContinuousFlow, seed: int, divergence: Callable[[torch.Tensor, torch.Generator], Callable],
-              ode_steps: int | None) -> Callable[[int, int], tuple[np.ndarray, np.ndarray, None]]:
-    """Flow samples with ``log q = log p_Z(x_T) − log|det ∂x0/∂x_T|`` under the given divergence."""
+              ode_steps: int | None, latent: DefensiveLatent) -> Callable[[int, int], tuple[np.ndarray, np.ndarray, None]]:
+    """Flow samples with ``log q = log p(x_T) − log|det ∂x0/∂x_T|`` (``x_T ~ latent``) under the given divergence."""
 
     def draw(batch: int, size: int) -> tuple[np.ndarray, np.ndarray]:
         generator = _batch_generator(seed, batch, flow.loc.device)
-        z = flow.sample_latent(size, generator)
+        z = latent.sample_torch(flow, size, generator)
         with torch.no_grad():
             y, log_det = flow.decode_with_log_det(z, divergence(z, generator), ode_steps)
             x, chart_log_det = flow.to_configuration_with_log_det(y)  # −inf off the chart's domain: log q = +inf
-            log_q = flow.latent_log_prob(z) - log_det - chart_log_det
+            log_q = latent.log_prob(z) - log_det - chart_log_det
         log_q = log_q.cpu().numpy()
         return x.cpu().numpy(), np.where(np.isfinite(log_q), log_q, np.nan), None
 
@@ -219,6 +229,8 @@ def sample_cnf_exact(
     progress: bool = True,
     checkpoint: str | Path | None = None,
     checkpoint_seconds: float = 60.0,
+    defensive: float = DEFENSIVE_FRACTION,
+    defensive_scale: float = DEFENSIVE_SCALE,
 ) -> SampleSet:
     """Independent samples of a continuous flow with exact-divergence weights ``−u − log q``.
 
@@ -247,6 +259,12 @@ def sample_cnf_exact(
         Checkpoint file; an existing one from the same run is resumed.
     checkpoint_seconds : float
         Seconds between checkpoints.
+    defensive : float
+        Fraction of the latents drawn from the wider normal ``N(0, defensive_scale² I)`` (a defensive
+        mixture, :class:`~boltzflow.flows.continuous.DefensiveLatent`: the weights stay exact, and
+        their tail stays light where the flow is narrower than the target); 0 for the flow's own latent.
+    defensive_scale : float
+        Width of the wider component.
 
     Returns
     -------
@@ -256,12 +274,12 @@ def sample_cnf_exact(
     flow, model_name = resolve_continuous_model(system, model)
     if ode_steps is not None and ode_steps < 1:
         raise ValueError(f"ode_steps must be >= 1, got {ode_steps}")
+    latent = DefensiveLatent(defensive, defensive_scale)
     divergence = functools.partial(exact_divergence, chunk_size=chunk_size)
-    draw = _cnf_draw(flow, seed, lambda z, g: divergence, ode_steps)
-    steps = ode_steps or flow.n_steps
+    draw = _cnf_draw(flow, seed, lambda z, g: divergence, ode_steps, latent)
+    settings = {"ode_steps": ode_steps or flow.n_steps, "defensive": defensive, "defensive_scale": defensive_scale}
     return _importance(system, n, seed, "cnf-exact", model_name, draw, batch_size, progress, checkpoint,
-                       checkpoint_seconds, {"ode_steps": steps}, True,
-                       {"ode_steps": steps, "ode_passes_per_sample": 1 + flow.latent_dim})
+                       checkpoint_seconds, settings, True, {**settings, "ode_passes_per_sample": 1 + flow.latent_dim})
 
 
 def sample_cnf_hutchinson(
@@ -318,7 +336,8 @@ def sample_cnf_hutchinson(
         raise ValueError(f"need n_probes >= 1 and probe in {PROBES}, got {n_probes}, {probe!r}")
     if ode_steps is not None and ode_steps < 1:
         raise ValueError(f"ode_steps must be >= 1, got {ode_steps}")
-    draw = _cnf_draw(flow, seed, lambda z, g: HutchinsonDivergence.draw(n_probes, z, probe, g), ode_steps)
+    draw = _cnf_draw(flow, seed, lambda z, g: HutchinsonDivergence.draw(n_probes, z, probe, g), ode_steps,
+                     DefensiveLatent())
     steps = ode_steps or flow.n_steps
     return _importance(system, n, seed, "cnf-hutchinson", model_name, draw, batch_size, progress, checkpoint,
                        checkpoint_seconds, {"ode_steps": steps, "n_probes": n_probes, "probe": probe}, False,
@@ -347,6 +366,8 @@ def sample_fp_is(
     checkpoint: str | Path | None = None,
     checkpoint_seconds: float = 60.0,
     step_noise: float = STEP_NOISE,
+    defensive: float = DEFENSIVE_FRACTION,
+    defensive_scale: float = DEFENSIVE_SCALE,
 ) -> SampleSet:
     """Independent extended samples ``(x_T, ε)`` with flow-perturbation importance weights ``ω``.
 
@@ -385,6 +406,12 @@ def sample_fp_is(
         Seconds between checkpoints.
     step_noise : float
         ``σ₀`` of ``"multistep"`` (standardised units; ``σ₀ √h`` per step).
+    defensive : float
+        Fraction of the latents drawn from the wider normal ``N(0, defensive_scale² I)`` (a defensive
+        mixture, :class:`~boltzflow.flows.continuous.DefensiveLatent`: the weights stay exact, and
+        their tail stays light where the flow is narrower than the target); 0 for the flow's own latent.
+    defensive_scale : float
+        Width of the wider component.
 
     Returns
     -------
@@ -393,15 +420,18 @@ def sample_fp_is(
         biased ``"hutchinson"`` weights).
     """
     flow, model_name = resolve_continuous_model(system, model)
-    target = ExtendedTarget(system, flow, estimator, sigma_b, fd_step, ode_steps, batch_size, step_noise)
+    latent = DefensiveLatent(defensive, defensive_scale)
+    target = ExtendedTarget(system, flow, estimator, sigma_b, fd_step, ode_steps, batch_size, step_noise, latent)
 
     def draw(batch: int, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        z, eps = _extended_draw(target, np.random.default_rng([seed, batch]), size)
+        rng = np.random.default_rng([seed, batch])
+        z, eps = latent.sample_numpy(rng, size, target.dim), rng.standard_normal((size, target.noise_dim))
         x, energies, log_proposal = target.evaluate_proposal(z, eps)
         return x, log_proposal, energies
 
     settings = {"estimator": estimator, "sigma_b": sigma_b if sigma_b is not None else flow.sigma_b,
-                "fd_step": fd_step, "ode_steps": ode_steps or flow.n_steps, "step_noise": step_noise}
+                "fd_step": fd_step, "ode_steps": ode_steps or flow.n_steps, "step_noise": step_noise,
+                "defensive": defensive, "defensive_scale": defensive_scale}
     return _importance(system, n, seed, "fp-is", model_name, draw, batch_size, progress, checkpoint,
                        checkpoint_seconds, settings, estimator != "hutchinson", {**settings, "ode_passes_per_sample": ODE_PASSES[estimator]})
 
