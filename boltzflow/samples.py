@@ -15,7 +15,9 @@ Boltzmann density ``exp(-u)``:
 * flow samples: ``log w = -u(x) - log q(x)``. When ``q`` is a normalised density
   ``metadata["normalized_proposal"]`` is True and ``mean(w)`` estimates the partition function Z;
 * failed samples (non-finite energy): ``log w = -inf`` — zero weight, counted in
-  ``metadata["n_failed"]``.
+  ``metadata["n_failed"]``. A row with a non-finite coordinate is a failed sample too, whatever
+  energy was stored for it: its energy becomes ``+inf`` (as :class:`~boltzflow.energy.base.Energy`
+  gives such rows), so it has zero weight and is counted.
 """
 
 from __future__ import annotations
@@ -32,6 +34,10 @@ import numpy as np
 from .io import atomic_write
 
 _FORMAT_VERSION = 1
+_ARRAYS = ("x", "energies", "log_weights", "chain", "time")
+# dtype kinds accepted for a float column ("f") and an integer column ("i", whole floats included):
+# no strings, objects or complex numbers
+_NUMERIC_KINDS = {"f": "biuf", "i": "biuf"}
 
 
 class SampleSetError(ValueError):
@@ -67,7 +73,10 @@ class SampleSet:
     metadata: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.x = np.asarray(self.x, dtype=np.float64)
+        self.x = np.asarray(self.x)
+        if self.x.dtype.kind not in _NUMERIC_KINDS["f"]:
+            raise SampleSetError(f"x must hold real numbers, got dtype {self.x.dtype}")
+        self.x = self.x.astype(np.float64)
         if self.x.ndim == 1:
             self.x = self.x[:, None]
         if self.x.ndim != 2:
@@ -76,6 +85,8 @@ class SampleSet:
         self.energies = self._column("energies", self.energies, n, np.float64)
         if np.isnan(self.energies).any():
             raise SampleSetError("energies contain NaN; failed evaluations must be stored as +inf")
+        # A configuration with a non-finite coordinate has no energy: it is a failed sample.
+        self.energies = np.where(np.isfinite(self.x).all(axis=1), self.energies, np.inf)
         if self.log_weights is None:
             self.log_weights = np.zeros(n)
         self.log_weights = self._column("log_weights", self.log_weights, n, np.float64)
@@ -87,7 +98,12 @@ class SampleSet:
             self.chain = self._column("chain", self.chain, n, np.int64)
         if self.time is not None:
             self.time = self._column("time", self.time, n, np.float64)
+            if not np.isfinite(self.time).all():
+                raise SampleSetError("time must be finite")
         self.metadata = dict(self.metadata)
+        for flag in ("correlated", "normalized_proposal"):
+            if not isinstance(self.metadata.get(flag, False), bool):
+                raise SampleSetError(f"metadata['{flag}'] must be true or false, got {self.metadata[flag]!r}")
         self.metadata["n_failed"] = int(np.count_nonzero(~np.isfinite(self.energies)))
         try:
             json.dumps(self.metadata)
@@ -96,7 +112,12 @@ class SampleSet:
 
     @staticmethod
     def _column(name: str, values: Any, n: int, dtype: type) -> np.ndarray:
-        arr = np.asarray(values, dtype=dtype).reshape(-1)
+        arr = np.asarray(values)
+        if arr.dtype.kind not in _NUMERIC_KINDS[np.dtype(dtype).kind]:
+            raise SampleSetError(f"{name} must hold {np.dtype(dtype).name} numbers, got dtype {arr.dtype}")
+        if np.dtype(dtype).kind == "i" and arr.dtype.kind == "f" and not np.all(np.round(arr) == arr):
+            raise SampleSetError(f"{name} must hold whole numbers")
+        arr = arr.astype(dtype).reshape(-1)
         if arr.shape[0] != n:
             raise SampleSetError(f"{name} has {arr.shape[0]} entries for {n} samples")
         return arr
@@ -207,14 +228,27 @@ class SampleSet:
         missing = {"x", "energies", "log_weights", "metadata_json"} - set(arrays)
         if missing:
             raise SampleSetError(f"{source} is not a boltzflow sample file: missing {sorted(missing)}")
+        unknown = set(arrays) - {*_ARRAYS, "metadata_json"}
+        if unknown:
+            raise SampleSetError(f"{source} is not a boltzflow sample file: unexpected arrays {sorted(unknown)}")
+        text = arrays.pop("metadata_json")
+        if text.shape != () or text.dtype.kind != "U":
+            raise SampleSetError(f"{source}: metadata is corrupted: expected one JSON string, got "
+                                 f"an array of shape {text.shape} and dtype {text.dtype}")
         try:
-            metadata = json.loads(str(arrays.pop("metadata_json")))
+            metadata = json.loads(str(text))
         except json.JSONDecodeError as err:
             raise SampleSetError(f"{source}: metadata is corrupted: {err}") from None
+        if not isinstance(metadata, dict):
+            raise SampleSetError(f"{source}: metadata is corrupted: expected a JSON object, "
+                                 f"got {type(metadata).__name__}")
         version = metadata.pop("format_version", None)
         if version != _FORMAT_VERSION:
             raise SampleSetError(f"{source}: unsupported sample file version {version}")
-        return cls(metadata=metadata, **arrays)
+        try:
+            return cls(metadata=metadata, **arrays)
+        except SampleSetError as err:
+            raise SampleSetError(f"{source}: {err}") from None
 
     def to_mdtraj(self, topology: Any) -> Any:
         """An ``mdtraj.Trajectory`` of the samples (coordinates in nm; ``time`` in ps if present).

@@ -314,7 +314,8 @@ def test_resumes_from_checkpoint_bit_identically(tmp_path, sampler):
     assert ckpt.exists()
     resumed = bf.sample(system(), sampler=sampler, checkpoint=ckpt, **options)
     assert np.array_equal(resumed.x, reference.x) and np.array_equal(resumed.energies, reference.energies)
-    assert resumed.metadata == reference.metadata
+    assert resumed.metadata.pop("resumed") and resumed.metadata.pop("resumed_from")["step"] > 0
+    assert reference.metadata.pop("resumed") is False and resumed.metadata == reference.metadata
     with pytest.raises(CheckpointError, match="different run"):
         bf.sample(system(), sampler=sampler, checkpoint=ckpt, **{**options, "seed": 4})
 

@@ -519,5 +519,5 @@ def test_defensive_latent_keeps_weights_exact_and_tames_a_narrow_flows_tail():
                 assert x2.reliable and lz.reliable, (sampler, x2, lz)
                 assert abs(_z(x2, mean_x2)) < 3.5 and abs(_z(lz, log_z)) < 3.5, (sampler, x2, lz)
         assert k[0.0] > 0.55 and k[0.1] < 0.45, (sampler, k)
-    with pytest.raises(ValueError, match="defensive fraction"):
+    with pytest.raises(ValueError, match="defensive"):
         bf.sample(system, "cnf-exact", n=10, model=flow, defensive=1.0, progress=False)

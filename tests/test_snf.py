@@ -24,6 +24,7 @@ from boltzflow.flows.snf import (
     train_snf,
 )
 from boltzflow.flows.training import TrainingCheckpointError
+from boltzflow.integrity import read_torch
 from boltzflow.samplers import SAMPLERS
 
 torch.set_num_threads(1)
@@ -267,7 +268,7 @@ def test_corrupted_or_mismatched_snf_files_raise_clear_errors(double_well, tmp_p
     flow_file = save_model(build_flow(double_well, hidden=(8,), n_layers=2), tmp_path / "flow.pt")
     with pytest.raises(ModelFileError, match="normalizing-flow model, not an SNF"):
         load_snf(flow_file, double_well)
-    payload = torch.load(path, weights_only=True)
+    payload = read_torch(path, "SNF file", "re-train it")  # the state inside the checksummed file
     torch.save({**payload, "version": 99}, tmp_path / "future.pt")
     with pytest.raises(ModelFileError, match="format version 99"):
         load_snf(tmp_path / "future.pt", double_well)
@@ -313,7 +314,7 @@ def test_interrupted_snf_training_resumes_exactly(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         train_snf(_tiny_snf(_dw_system(interrupt_after=3 * 7 + 4), perturb=0.0), checkpoint=ckpt,
                   checkpoint_seconds=0.0, **options)
-    assert torch.load(ckpt, weights_only=True)["iteration"] == 3
+    assert read_torch(ckpt, "training checkpoint", "delete it")["iteration"] == 3
     resumed = _tiny_snf(_dw_system(), perturb=0.5)  # other initial weights: the checkpoint's are loaded
     history = train_snf(resumed, checkpoint=ckpt, checkpoint_seconds=0.0, **options)
     assert history.loss == expected.loss and history.relative_ess == expected.relative_ess
@@ -337,7 +338,8 @@ def test_interrupted_snf_sampling_resumes_exactly(tmp_path):
     snf.energy.target = _dw_system().energy
     resumed = bf.sample(_dw_system(), sampler="snf", model=snf, checkpoint=ckpt, **options)
     assert np.array_equal(resumed.x, reference.x) and np.array_equal(resumed.log_weights, reference.log_weights)
-    assert resumed.metadata == reference.metadata
+    assert resumed.metadata.pop("resumed_from") == {"done": 200} and resumed.metadata.pop("resumed")
+    assert reference.metadata.pop("resumed") is False and resumed.metadata == reference.metadata
 
 
 def test_cli_trains_an_snf_and_samples_from_it(tmp_path):

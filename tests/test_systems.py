@@ -66,8 +66,10 @@ def test_bad_definitions_are_reported(tmp_path):
     (tmp_path / "system.toml").write_text('name = "x"\ntype = "double_well"\n')
     with pytest.raises(ValueError, match="missing required key 'temperature'"):
         bf.load_system(tmp_path)
-    with pytest.raises(TypeError, match="unknown option"):
+    with pytest.raises(ValueError, match="not an OpenMM system"):
         bf.load_system("lj13", platform="CPU")
+    with pytest.raises(TypeError, match="unknown option"):
+        bf.load_system("lj13", bogus=1)
 
 
 def test_python_system_folder(tmp_path):

@@ -6,8 +6,9 @@ Positions are in nm and energies in kJ/mol at the OpenMM boundary; :class:`OpenM
 Evaluation runs either in the calling process (one Context) or in a pool of spawned worker
 processes, each with its own Context, that receive one contiguous chunk of the batch per call as
 raw float64 bytes (no per-configuration pickling). Workers ignore SIGINT, are replaced when they
-die (their chunk is redone) and are shut down by :meth:`OpenMMEnergy.close`, a context manager,
-garbage collection or interpreter exit.
+die or stop answering (their chunk is redone), end by themselves within a moment when the parent
+process dies, and are shut down by :meth:`OpenMMEnergy.close`, a context manager, garbage
+collection or interpreter exit.
 """
 
 from __future__ import annotations
@@ -15,10 +16,11 @@ from __future__ import annotations
 import hashlib
 import multiprocessing
 import os
+import queue
 import threading
 import time
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 
 import numpy as np
@@ -189,16 +191,89 @@ def select_platform(openmm_system: openmm.System, n_workers: int = 1, platform_p
 
 @dataclass
 class _Worker:
+    """A worker process, the parent's end of its pipe, and the thread that does that pipe's I/O."""
+
     process: multiprocessing.process.BaseProcess
     conn: Connection
+    exchange: "_Exchange | None" = None
+    jobs: queue.SimpleQueue = field(default_factory=queue.SimpleQueue)
+
+    def __post_init__(self) -> None:
+        threading.Thread(target=self._serve, name="boltzflow-openmm-io", daemon=True).start()
+
+    def _serve(self) -> None:
+        """Run the exchanges put on ``jobs`` until ``None`` arrives."""
+        while (exchange := self.jobs.get()) is not None:
+            exchange.run(self.conn)
 
 
 class _WorkerDied(Exception):
-    """Internal: a worker's process ended (or its pipe broke) while it owned a chunk."""
+    """Internal: a worker's process ended (or its pipe broke) before it answered."""
+
+
+class _Exchange:
+    """One chunk's request and reply with one worker, run on the worker's I/O thread.
+
+    That thread does all the pipe I/O of the chunk, so a worker that stops answering (or stops
+    reading) blocks only it; the pool kills such a worker, which ends the exchange with
+    end-of-file. ``last_seen`` is the time of the worker's last message.
+    """
+
+    def __init__(
+        self,
+        worker: _Worker,
+        chunk: np.ndarray,
+        need_forces: bool,
+        energy_out: np.ndarray,
+        forces_out: np.ndarray | None,
+    ) -> None:
+        self.worker = worker
+        self.chunk = chunk
+        self.need_forces = need_forces
+        self.energy_out = energy_out
+        self.forces_out = forces_out
+        self.last_seen = time.monotonic()
+        self.seconds_per_row = 0.0
+        self.finished = False  # the reply arrived in full
+        self.error: str | None = None  # a traceback the worker sent
+        self.timed_out = False
+        self.done = threading.Event()
+        worker.exchange = self
+        worker.jobs.put(self)
+
+    def run(self, conn: Connection) -> None:
+        """Send the chunk and receive the reply into the output arrays; sets ``done`` at the end."""
+        try:
+            conn.send((self.need_forces, self.chunk.shape[0]))
+            conn.send_bytes(self.chunk)
+            while True:
+                kind, detail = conn.recv()
+                self.last_seen = time.monotonic()
+                if kind == "failed":
+                    self.error = detail
+                    return
+                self.seconds_per_row = max(self.seconds_per_row, detail)
+                if kind == "done":
+                    conn.recv_bytes_into(self.energy_out)
+                    if self.need_forces:
+                        conn.recv_bytes_into(self.forces_out.reshape(-1))
+                    self.finished = True
+                    return
+        except (EOFError, OSError):  # the worker died or was killed: the pool redoes the chunk
+            return
+        finally:
+            self.done.set()
 
 
 class WorkerPool:
     """Spawned worker processes, each with its own Context, evaluating contiguous batch chunks.
+
+    Every worker sends a heartbeat while it works (every ``min(1, timeout / 4)`` s, between two
+    configurations); one that sends nothing for ``max(timeout, timeout_factor * seconds_per_row)``
+    seconds is declared hung,
+    killed and replaced, and its chunk is redone on the fresh worker, exactly like the chunk of a
+    worker that died. Each chunk's energies come from exactly one complete reply, so results are
+    the same as without the failure and nothing is counted twice.
 
     Parameters
     ----------
@@ -211,24 +286,58 @@ class WorkerPool:
     n_workers : int
         Number of worker processes.
     max_retries : int
-        How often a chunk is redone on a fresh worker after its worker died, before giving up.
+        How often a chunk is redone on a fresh worker after its worker died or hung, before
+        giving up with :class:`WorkerError`.
+    timeout : float
+        Seconds without any message from a busy worker before it counts as hung (the floor of the
+        scaled limit; see :attr:`silence_limit_s`).
+    timeout_factor : float
+        The limit is at least this many times :attr:`seconds_per_row`.
+    start_timeout : float
+        Seconds a new worker may take to create its Context and report ready.
 
     Attributes
     ----------
     n_restarts : int
-        Number of workers replaced after dying.
+        Number of workers replaced after dying or hanging.
+    n_timeouts : int
+        Number of workers killed because they stopped answering.
+    seconds_per_row : float
+        The largest mean time of one configuration in a chunk, over the pool's lifetime.
+
+    Examples
+    --------
+    >>> pool = WorkerPool("<System/>", "Reference", {}, n_workers=2, timeout=5.0)
+    >>> pool.silence_limit_s
+    5.0
     """
 
     def __init__(
-        self, system_xml: str, platform_name: str, properties: dict[str, str], n_workers: int, max_retries: int = 2
+        self,
+        system_xml: str,
+        platform_name: str,
+        properties: dict[str, str],
+        n_workers: int,
+        max_retries: int = 2,
+        timeout: float = 30.0,
+        timeout_factor: float = 20.0,
+        start_timeout: float = 300.0,
     ) -> None:
         if n_workers < 1:
             raise ValueError(f"n_workers must be at least 1, got {n_workers}")
+        if not (timeout > 0 and timeout_factor > 0 and start_timeout > 0):
+            raise ValueError("timeout, timeout_factor and start_timeout must be positive")
         self._args = (system_xml, platform_name, properties)
         self._mp = multiprocessing.get_context("spawn")  # PME contexts hang in forked children
         self._workers: list[_Worker | None] = [None] * n_workers
         self.max_retries = max_retries
+        self.timeout = float(timeout)
+        self.timeout_factor = float(timeout_factor)
+        self.start_timeout = float(start_timeout)
+        self.heartbeat_s = min(1.0, self.timeout / 4)
         self.n_restarts = 0
+        self.n_timeouts = 0
+        self.seconds_per_row = 0.0
 
     @property
     def n_workers(self) -> int:
@@ -239,6 +348,11 @@ class WorkerPool:
     def pids(self) -> list[int | None]:
         """Process ids of the workers (``None`` for a slot not started)."""
         return [w.process.pid if w is not None else None for w in self._workers]
+
+    @property
+    def silence_limit_s(self) -> float:
+        """Seconds without a message after which a busy worker is declared hung."""
+        return max(self.timeout, self.timeout_factor * self.seconds_per_row)
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
@@ -256,8 +370,13 @@ class WorkerPool:
 
     def _launch(self, index: int) -> _Worker:
         parent_conn, child_conn = self._mp.Pipe(duplex=True)
+        # PR_SET_PDEATHSIG fires when the starting *thread* ends: ask for it only from the main thread
+        from_main_thread = threading.current_thread() is threading.main_thread()
         process = self._mp.Process(
-            target=worker_main, args=(child_conn, *self._args), name=f"boltzflow-openmm-{index}", daemon=True
+            target=worker_main,
+            args=(child_conn, *self._args, self.heartbeat_s, from_main_thread),
+            name=f"boltzflow-openmm-{index}",
+            daemon=True,
         )
         process.start()
         child_conn.close()  # so that the worker's death shows as EOF on parent_conn
@@ -266,23 +385,23 @@ class WorkerPool:
     def _handshake(self, index: int) -> None:
         worker = self._workers[index]
         try:
-            kind, detail = self._receive(worker)
+            kind, detail = self._receive(worker, self.start_timeout)
         except _WorkerDied:
             self._stop([worker], graceful=False)
             self._workers[index] = None
             raise WorkerError(
                 f"OpenMM worker {index} died while starting (exit code {worker.process.exitcode})"
             ) from None
+        except TimeoutError:
+            self._stop([worker], graceful=False)
+            self._workers[index] = None
+            raise WorkerError(
+                f"OpenMM worker {index} did not report ready within {self.start_timeout:g} s (start_timeout)"
+            ) from None
         if kind != "ready":
             self._stop([worker], graceful=False)
             self._workers[index] = None
             raise WorkerError(f"OpenMM worker {index} could not create its Context:\n{detail}")
-
-    def _replace(self, index: int) -> None:
-        self._stop([self._workers[index]], graceful=False)
-        self.n_restarts += 1
-        self._workers[index] = self._launch(index)
-        self._handshake(index)
 
     @staticmethod
     def _stop(workers: list[_Worker | None], graceful: bool, timeout: float = 2.0) -> None:
@@ -305,6 +424,9 @@ class WorkerPool:
             if not any(w.process.is_alive() for w in workers):
                 break
         for worker in workers:
+            worker.jobs.put(None)  # ends the I/O thread once its exchange (if any) ends
+            if worker.exchange is not None:  # an exchange ends at the EOF of the dead worker
+                worker.exchange.done.wait(timeout)
             worker.conn.close()
 
     def close(self, graceful: bool = True) -> None:
@@ -316,62 +438,66 @@ class WorkerPool:
     def evaluate(self, x: np.ndarray, need_forces: bool) -> tuple[np.ndarray, np.ndarray | None]:
         """Energies (kJ/mol) and forces (kJ/mol/nm) of a ``(B, D)`` float64 C-contiguous batch.
 
-        The batch is split into one contiguous chunk per worker. On any error other than a dead
-        worker (including ``KeyboardInterrupt``) all workers are terminated before re-raising;
-        the next call starts fresh ones.
+        The batch is split into one contiguous chunk per worker. A chunk whose worker dies or
+        hangs is redone on a fresh worker (at most ``max_retries`` times). On any other error
+        (including ``KeyboardInterrupt``) all workers are terminated before re-raising; the next
+        call starts fresh ones.
         """
         n = x.shape[0]
         energy = np.empty(n)
         forces = np.empty_like(x) if need_forces else None
         bounds = np.linspace(0, n, min(self.n_workers, n) + 1).round().astype(int)
-        chunks = list(zip(range(len(bounds) - 1), bounds[:-1], bounds[1:]))
+        pending = list(zip(range(len(bounds) - 1), bounds[:-1], bounds[1:]))
         try:
-            self.start()
-            for index, start, stop in chunks:
-                self._submit(index, x[start:stop], need_forces)
-            for index, start, stop in chunks:
-                forces_out = None if forces is None else forces[start:stop]
-                self._collect(index, x[start:stop], need_forces, energy[start:stop], forces_out)
+            for _ in range(self.max_retries + 1):
+                self.start()  # at a retry: replaces the workers that died or were killed as hung
+                exchanges = [
+                    _Exchange(
+                        self._workers[index], x[start:stop], need_forces, energy[start:stop],
+                        None if forces is None else forces[start:stop],
+                    )
+                    for index, start, stop in pending
+                ]
+                for exchange in exchanges:
+                    self._supervise(exchange)
+                for (index, _, _), exchange in zip(pending, exchanges):
+                    if exchange.error is not None:
+                        raise WorkerError(f"OpenMM worker {index} failed:\n{exchange.error}")
+                failed = [(chunk, exchange) for chunk, exchange in zip(pending, exchanges) if not exchange.finished]
+                if not failed:
+                    return energy, forces
+                pending = [chunk for chunk, _ in failed]
+            (index, _, _), exchange = failed[0]
+            cause = f"did not answer for {self.silence_limit_s:g} s" if exchange.timed_out else "died"
+            raise WorkerError(
+                f"OpenMM worker {index} failed on the same chunk {self.max_retries + 1} times "
+                f"(last time it {cause}); see WorkerPool's max_retries and timeout"
+            )
         except BaseException:
             self.close(graceful=False)
             raise
-        return energy, forces
 
-    def _submit(self, index: int, chunk: np.ndarray, need_forces: bool) -> None:
-        for _ in range(self.max_retries + 1):
-            worker = self._workers[index]
-            try:
-                worker.conn.send((need_forces, chunk.shape[0]))
-                worker.conn.send_bytes(chunk)
-                return
-            except OSError:  # BrokenPipeError, ConnectionResetError: the worker is gone
-                self._replace(index)
-        raise WorkerError(f"could not send a chunk to OpenMM worker {index}")
-
-    def _collect(
-        self, index: int, chunk: np.ndarray, need_forces: bool, energy_out: np.ndarray, forces_out: np.ndarray | None
-    ) -> None:
-        for _ in range(self.max_retries + 1):
-            worker = self._workers[index]
-            try:
-                error = self._receive(worker)
-                if error is None:
-                    worker.conn.recv_bytes_into(energy_out)
-                    if need_forces:
-                        worker.conn.recv_bytes_into(forces_out.reshape(-1))
-            except (_WorkerDied, EOFError, OSError):
-                self._replace(index)
-                self._submit(index, chunk, need_forces)
-                continue
-            if error is not None:
-                raise WorkerError(f"OpenMM worker {index} failed:\n{error}")
-            return
-        raise WorkerError(f"OpenMM worker {index} died {self.max_retries + 1} times on the same chunk")
+    def _supervise(self, exchange: _Exchange) -> None:
+        """Wait for one exchange; kill its worker if it stays silent past :attr:`silence_limit_s`."""
+        while True:
+            limit = max(self.silence_limit_s, self.timeout_factor * exchange.seconds_per_row)
+            if exchange.done.wait(max(0.01, exchange.last_seen + limit - time.monotonic())):
+                break
+            if time.monotonic() - exchange.last_seen > limit:
+                exchange.timed_out = True
+                self.n_timeouts += 1
+                exchange.worker.process.kill()  # SIGKILL works on a stopped process, SIGTERM does not
+                exchange.worker.process.join(self.timeout)
+                exchange.done.wait(self.timeout)  # the thread ends at the EOF of the killed worker
+                break
+        self.seconds_per_row = max(self.seconds_per_row, exchange.seconds_per_row)
 
     @staticmethod
-    def _receive(worker: _Worker):
-        """Next message from a worker; raises ``_WorkerDied`` if it ended instead."""
-        ready = wait([worker.conn, worker.process.sentinel])
+    def _receive(worker: _Worker, timeout: float) -> tuple[str, str]:
+        """Next message from a worker; raises ``_WorkerDied`` if it ended, ``TimeoutError`` if silent."""
+        ready = wait([worker.conn, worker.process.sentinel], timeout)
+        if not ready:
+            raise TimeoutError
         if worker.conn not in ready:
             raise _WorkerDied
         try:
@@ -402,6 +528,10 @@ class OpenMMEnergy(Energy):
         of every batch; CPU-platform threads are split among them.
     platform_properties : dict, optional
         OpenMM platform properties, e.g. ``{"Threads": "4"}`` or ``{"Precision": "double"}``.
+    worker_timeout : float
+        Seconds a busy worker may stay silent before it is killed and replaced and its chunk
+        redone: the floor of ``max(worker_timeout, 20 * mean time of one configuration)``
+        (see :class:`WorkerPool`).
 
     Attributes
     ----------
@@ -435,6 +565,7 @@ class OpenMMEnergy(Energy):
         platform: str = "auto",
         n_workers: int = 1,
         platform_properties: dict | None = None,
+        worker_timeout: float = 30.0,
     ) -> None:
         if not isinstance(openmm_system, openmm.System):
             raise TypeError(f"expected an openmm.System, got {type(openmm_system).__name__}")
@@ -444,6 +575,8 @@ class OpenMMEnergy(Energy):
             raise ValueError(f"temperature must be positive (kelvin), got {temperature}")
         if int(n_workers) != n_workers or n_workers < 0:
             raise ValueError(f"n_workers must be a non-negative integer, got {n_workers}")
+        if not worker_timeout > 0:
+            raise ValueError(f"worker_timeout must be positive (seconds), got {worker_timeout}")
         if platform != "auto" and platform not in PLATFORMS:
             raise ValueError(f"unknown platform {platform!r}; expected 'auto' or one of {PLATFORMS}")
         if platform != "auto" and platform not in available_platforms():
@@ -454,6 +587,7 @@ class OpenMMEnergy(Energy):
         self.temperature = float(temperature)
         self.kT = R_KJ_PER_MOL_K * self.temperature
         self.n_workers = max(1, int(n_workers))
+        self.worker_timeout = float(worker_timeout)
         if platform == "auto":
             self.platform_name = select_platform(openmm_system, self.n_workers, platform_properties)
         else:
@@ -483,7 +617,10 @@ class OpenMMEnergy(Energy):
             else:
                 if self._pool is None:
                     xml = openmm.XmlSerializer.serialize(self.openmm_system)
-                    self._pool = WorkerPool(xml, self.platform_name, self.platform_properties, self.n_workers)
+                    self._pool = WorkerPool(
+                        xml, self.platform_name, self.platform_properties, self.n_workers,
+                        timeout=self.worker_timeout,
+                    )
                     self._finalizer = weakref.finalize(self, self._pool.close)
                 energy, forces = self._pool.evaluate(x, need_gradient)
         energy /= self.kT

@@ -9,7 +9,8 @@ independent importance weights whose tail is too heavy (:class:`HeavyTailedWeigh
 :mod:`.pareto`). Importing this package needs neither torch nor OpenMM.
 """
 
-from .diagnostics import integrated_autocorrelation_time, r_hat
+from .checks import check_samples
+from .diagnostics import integrated_autocorrelation_time, move_fractions, r_hat
 from .free_energy import bar, exp_average, free_energy_difference, free_energy_difference_between_states
 from .importance import expectation, log_partition_function
 from .pareto import pareto_k, pareto_k_threshold, psis_log_weights
@@ -26,6 +27,7 @@ __all__ = [
     "LowESSWarning",
     "bar",
     "bootstrap_error",
+    "check_samples",
     "ess",
     "estimate_error",
     "exp_average",
@@ -36,6 +38,7 @@ __all__ = [
     "free_energy_profile",
     "integrated_autocorrelation_time",
     "log_partition_function",
+    "move_fractions",
     "multichain_ess",
     "normalized_log_weights",
     "pareto_k",

@@ -104,4 +104,45 @@ def r_hat(samples: SampleSet, f: Observable) -> float:
     return math.sqrt(((length - 1) / length * within + between / length) / within)
 
 
-__all__ = ["integrated_autocorrelation_time", "r_hat"]
+def move_fractions(samples: SampleSet) -> np.ndarray:
+    """Fraction of each chain's steps, between consecutive stored samples, that change the configuration.
+
+    Read from the coordinates alone, so it applies to any sampler: an MCMC chain whose proposals
+    are all rejected repeats its configuration, and its fraction is 0. With thinning, a stored
+    step is many sampler steps, so the fraction is at least the acceptance rate.
+
+    Parameters
+    ----------
+    samples : SampleSet
+        Chains (``chain`` labels, one chain if None; ``time`` orders each chain, stored order otherwise).
+
+    Returns
+    -------
+    np.ndarray
+        One fraction per chain (sorted chain labels); ``nan`` for a chain with fewer than 2 samples.
+
+    Examples
+    --------
+    >>> x = np.array([[0.0], [0.0], [1.0], [1.0], [2.0], [2.0], [2.0], [2.0]])
+    >>> move_fractions(SampleSet(x, np.zeros(8), chain=np.repeat([0, 1], 4))).tolist()
+    [0.3333333333333333, 0.0]
+    """
+    n = len(samples)
+    labels, chain = np.unique(np.zeros(n, dtype=np.int64) if samples.chain is None else samples.chain,
+                              return_inverse=True)
+    order = np.lexsort((np.arange(n) if samples.time is None else samples.time, chain))
+    chain = chain[order]
+    x = samples.x if np.array_equal(order, np.arange(n)) else samples.x[order]  # samplers store chains in order
+    moved = np.empty(max(n - 1, 0), dtype=bool)
+    block = max(1, 10_000_000 // max(samples.dim, 1))  # rows compared at a time: bounded memory
+    for start in range(0, n - 1, block):
+        stop = min(start + block, n - 1)
+        moved[start:stop] = np.any(x[start + 1 : stop + 1] != x[start:stop], axis=1)
+    within = chain[1:] == chain[:-1]  # steps inside one chain
+    steps = np.bincount(chain[1:][within], minlength=labels.size).astype(np.float64)
+    moves = np.bincount(chain[1:][within], weights=moved[within], minlength=labels.size)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(steps > 0, moves / steps, math.nan)
+
+
+__all__ = ["integrated_autocorrelation_time", "move_fractions", "r_hat"]

@@ -102,7 +102,8 @@ def free_energy_difference(
         n=len(samples),
         method=f"log ratio of state weights{', PSIS' if smooth else ''}, {uncertainty.method}",
     )
-    problems = [
+    problems = [uncertainty.problem] if uncertainty.problem else []
+    problems += [
         f"state {name} has no sample with nonzero weight" if e == 0
         else f"state {name} has only {e:.3g} effective samples (< min_ess={min_ess:g})"
         for name, e in state_ess.items()

@@ -9,7 +9,7 @@ import numpy as np
 from ..samples import SampleSet
 from ._observables import Observable, observable_values
 from .pareto import attach_pareto_k, smoothed
-from .result import Estimate, require_ess
+from .result import Estimate, mark_unreliable, require_ess
 from .uncertainty import estimate_error
 from .weights import ess, logsumexp, normalized_log_weights
 
@@ -57,7 +57,8 @@ def expectation(
         ``ess`` is the Kish ESS divided by the statistical inefficiency for correlated chains.
         ``pareto_k`` is the Pareto k̂ of the weights (None if unweighted); independent weighted
         samples with k̂ above :func:`~boltzflow.estimate.pareto.pareto_k_threshold` are flagged.
-        ``nan`` value and ``inf`` error when no sample has weight.
+        ``nan`` value and ``inf`` error when no sample has weight. Flagged unreliable when ``f``
+        takes one value on every sample of correlated chains (their error bar would be 0).
 
     Raises
     ------
@@ -97,7 +98,8 @@ def expectation(
         n=n,
         method=f"{method}{', PSIS' if smooth else ''}, {uncertainty.method}",
     )
-    estimate = require_ess(estimate, min_ess, "expectation")
+    estimate = (mark_unreliable(estimate, f"expectation: {uncertainty.problem}") if uncertainty.problem
+                else require_ess(estimate, min_ess, "expectation"))
     return attach_pareto_k(estimate, samples.log_weights, correlated=samples.correlated, what="expectation",
                            smoothed=smooth is not None)
 
@@ -178,6 +180,7 @@ def log_partition_function(
         n=n,
         method=f"log mean weight{', PSIS' if smooth else ''}, {uncertainty.method}",
     )
-    estimate = require_ess(estimate, min_ess, "log Z")
+    estimate = (mark_unreliable(estimate, f"log Z: {uncertainty.problem}") if uncertainty.problem
+                else require_ess(estimate, min_ess, "log Z"))
     return attach_pareto_k(estimate, samples.log_weights, correlated=samples.correlated, what="log Z",
                            smoothed=smooth is not None)

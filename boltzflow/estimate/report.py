@@ -10,12 +10,28 @@ import numpy as np
 
 from ..samples import SampleSet
 from ._observables import observable_values
-from .diagnostics import integrated_autocorrelation_time, r_hat
+from .checks import SystemLike, check_samples
+from .diagnostics import integrated_autocorrelation_time, move_fractions, r_hat
 from .free_energy import free_energy_difference
 from .importance import expectation, log_partition_function
 from .pareto import flag_threshold, pareto_k
 from .result import Estimate, format_value_error, mark_unreliable
 from .weights import ess, relative_ess
+
+MIN_MOVE_FRACTION = 0.01
+"""Fewest stored steps of unweighted correlated chains that must change the configuration (1 %).
+
+Tuned MCMC kernels accept 20–70 % of their proposals (random walk 0.23, MALA 0.57, HMC 0.65) and
+independence proposals from a trained flow rarely fall below a few per cent; below 1 % a chain
+repeats each configuration for more than 100 stored steps on average, so a run holds few distinct
+configurations and the autocorrelation estimate behind the error bars (which needs many
+fluctuations per chain) has too little to go on: the step size or proposal is broken. The
+fraction is read from the coordinates (:func:`~boltzflow.estimate.diagnostics.move_fractions`),
+so it is the same for every sampler; thinning raises it, as it should, since the error bars are
+those of the stored samples.
+"""
+
+_ACCEPTANCE_KEYS = ("acceptance_rate", "global_acceptance_rate")
 
 
 def summarize(
@@ -26,17 +42,26 @@ def summarize(
     *,
     error: str = "analytic",
     n_bootstrap: int = 200,
+    system: SystemLike | None = None,
 ) -> dict[str, Any]:
     """Every standard estimate of a sample set, as a JSON-able dict.
+
+    Unweighted correlated chains (MD/MCMC) that barely move are caught before their error bars are
+    believed: when no chain ever changes its configuration, when fewer than
+    :data:`MIN_MOVE_FRACTION` of the stored steps do, or when some chains never move, every
+    estimate is flagged unreliable with the reason (the recorded acceptance rate, if any, is
+    quoted). An estimate whose value is the same on every sample of correlated chains is flagged
+    by the estimators themselves (its error bar would be 0).
 
     Parameters
     ----------
     samples : SampleSet
         The samples.
     observables : dict of str to callable, optional
-        Named observables ``f(x) -> (M,)``; each gets ``<f>``.
+        Named observables ``f(x) -> (M,)``; each gets ``<f>``. Default: the ``system``'s.
     states : tuple of two callables, optional
-        ``(in_a, in_b)`` state membership functions; gives ``Delta F_{B-A}``, and the number of
+        ``(in_a, in_b)`` state membership functions (default: the ``system``'s states ``A`` and
+        ``B`` when it declares both); gives ``Delta F_{B-A}``, and the number of
         samples with nonzero weight in each state. When a state has none, **every** estimate is
         flagged unreliable (not only ``Delta F``): the run never reached it, so no estimate
         includes its contribution, and no error bar can show what is missing (chains that all
@@ -53,6 +78,10 @@ def summarize(
         Error method of independent samples (see :func:`~boltzflow.estimate.expectation`).
     n_bootstrap : int
         Bootstrap resamples (``error="bootstrap"``).
+    system : System or DeclaredSystem, optional
+        The system the samples are of: checked first (:func:`~boltzflow.estimate.checks.check_samples`:
+        the number of coordinates, the name, the declared observables' indices), and the default
+        of ``observables`` and ``states``.
 
     Returns
     -------
@@ -64,7 +93,13 @@ def summarize(
         ``{"A": count, "B": count}`` of samples with nonzero weight) and ``log_z`` (if the
         proposal is normalised), ``chain_diagnostics`` (correlated chains: integrated
         autocorrelation time and split R-hat of u and each observable, acceptance rates from the
-        metadata); every estimate as :meth:`Estimate.to_dict`.
+        metadata, and the mean fraction of stored steps that move); every estimate as
+        :meth:`Estimate.to_dict`.
+
+    Raises
+    ------
+    SampleSetError
+        If the samples do not fit ``system``.
 
     Examples
     --------
@@ -81,7 +116,17 @@ def summarize(
     ({'A': 1288, 'B': 0}, False)
     >>> summary["mean_energy"]["message"]
     'state B has no sample: the run never visited it, so no estimate of this run includes its contribution'
+    >>> frozen = SampleSet(np.ones((100, 1)), np.ones(100), chain=np.repeat([0, 1], 50), metadata={"correlated": True})
+    >>> with warnings.catch_warnings(record=True):
+    ...     summary = summarize(frozen)
+    >>> summary["mean_energy"]["reliable"], summary["mean_energy"]["message"][:41]
+    (False, 'no chain ever moves: each of the 2 chains')
     """
+    if system is not None:
+        check_samples(samples, system)
+        observables = dict(system.observables) if observables is None else observables
+        if states is None and {"A", "B"} <= set(system.states):
+            states = (system.states["A"], system.states["B"])
     options = {"error": error, "n_bootstrap": n_bootstrap, "seed": seed}
     summary: dict[str, Any] = {
         "n": len(samples),
@@ -101,7 +146,11 @@ def summarize(
     if samples.metadata.get("normalized_proposal", False):
         estimates["log_z"] = log_partition_function(samples, **options)
     unvisited = [name for name, count in counts.items() if count == 0]
-    if unvisited:
+    stuck = _stuck_chains(samples)
+    if stuck:  # the root cause: every other reason (no fluctuation, an unvisited state) follows from it
+        estimates = {key: mark_unreliable(est, stuck) for key, est in estimates.items()}
+        observed = {name: mark_unreliable(est, stuck) for name, est in observed.items()}
+    elif unvisited:
         problem = (f"state {unvisited[0]} has no sample: the run never visited it, so no estimate of this run "
                    "includes its contribution" if len(unvisited) == 1 else "states A and B have no sample: the run "
                    "visited neither, so no estimate of this run includes their contribution")
@@ -127,6 +176,30 @@ def _state_samples(samples: SampleSet, states: tuple[Callable[[np.ndarray], Any]
             for name, f in zip("AB", states)}
 
 
+def _stuck_chains(samples: SampleSet) -> str:
+    """Why unweighted correlated chains cannot be trusted because they barely move; empty if they move."""
+    if not samples.correlated or samples.is_weighted:
+        return ""
+    fractions = move_fractions(samples[np.isfinite(samples.log_weights)])
+    fractions = fractions[np.isfinite(fractions)]
+    if fractions.size == 0:
+        return ""
+    rates = [samples.metadata[k] for k in _ACCEPTANCE_KEYS if isinstance(samples.metadata.get(k), (int, float))]
+    recorded = f" (recorded acceptance rate {rates[0]:.2%})" if rates else ""
+    stuck = int(np.count_nonzero(fractions == 0.0))
+    if stuck == fractions.size:
+        return (f"no chain ever moves: each of the {stuck} chains repeats its first configuration{recorded}, so "
+                "the samples are starting points, not the distribution, and no error bar can show it")
+    if fractions.mean() < MIN_MOVE_FRACTION:
+        return (f"the chains barely move: {fractions.mean():.2%} of stored steps change the configuration "
+                f"(< {MIN_MOVE_FRACTION:.0%}){recorded}, too few fluctuations to measure the autocorrelation "
+                "behind the error bars")
+    if stuck:
+        return (f"{stuck} of {fractions.size} chains never move{recorded}: each repeats its first configuration, "
+                "which weighs in every estimate as if it had been sampled")
+    return ""
+
+
 def _flag(estimate: Estimate, problem: str) -> Estimate:
     """``estimate`` flagged unreliable for ``problem``, keeping an earlier reason after it."""
     return mark_unreliable(estimate, problem if estimate.reliable else f"{problem}; {estimate.message}")
@@ -140,6 +213,8 @@ def _chain_diagnostics(samples: SampleSet, observables: dict[str, Callable[[np.n
     for key in ("global_acceptance_rate", "local_acceptance_rate", "acceptance_rate"):
         if key in samples.metadata:
             table[key] = samples.metadata[key]
+    fractions = move_fractions(samples[np.isfinite(samples.log_weights)])
+    table["move_fraction"] = float(np.nanmean(fractions)) if np.isfinite(fractions).any() else math.nan
     return table
 
 
@@ -160,8 +235,10 @@ def reference_comparison(summary: dict[str, Any], reference: dict[str, Any]) -> 
     Returns
     -------
     list of dict
-        One row per quantity both have: ``quantity``, ``value``, ``error``, ``reference``,
-        ``reference_error``, ``reference_method``, ``z`` (difference over the combined error).
+        One row per quantity both have: ``quantity``, ``value``, ``error``, ``reliable`` (this
+        run's flag: when False, ``z`` does not measure the gap, since the error bar does not
+        measure the error), ``reference``, ``reference_error``, ``reference_method``, ``z``
+        (difference over the combined error; ``nan`` when that is 0).
         For ΔF the best reference available is used (exact, then umbrella MD, then plain MD
         when it is marked reliable).
     """
@@ -170,8 +247,8 @@ def reference_comparison(summary: dict[str, Any], reference: dict[str, Any]) -> 
     def add(quantity: str, est: dict[str, Any], ref_value: float, ref_error: float, method: str) -> None:
         combined = (est["error"] ** 2 + ref_error**2) ** 0.5
         z = (est["value"] - ref_value) / combined if combined > 0 else float("nan")
-        rows.append({"quantity": quantity, "value": est["value"], "error": est["error"], "reference": ref_value,
-                     "reference_error": ref_error, "reference_method": method, "z": z})
+        rows.append({"quantity": quantity, "value": est["value"], "error": est["error"], "reliable": est["reliable"],
+                     "reference": ref_value, "reference_error": ref_error, "reference_method": method, "z": z})
 
     if "delta_f" in summary:
         if "delta_f_b_minus_a" in reference.get("exact", {}):
@@ -201,7 +278,11 @@ def format_comparison(rows: list[dict[str, Any]]) -> str:
             ref_text = f"{ref} ± {ref_error}"
         else:
             ref_text = f"{row['reference']:.4g}"
-        gap = f"difference {row['z']:+.1f} σ" if math.isfinite(row["z"]) else "no estimate from this run"
+        if not row.get("reliable", True):
+            gap = ((f"difference {row['z']:+.1f} σ, but " if math.isfinite(row["z"]) else "no comparison: ")
+                   + "this run's estimate is UNRELIABLE (see above): its error bar does not measure its error")
+        else:
+            gap = f"difference {row['z']:+.1f} σ" if math.isfinite(row["z"]) else "no estimate from this run"
         method = row["reference_method"]
         lines.append(f"{row['quantity']}: this run {value} ± {error}; reference {ref_text} ({method}); {gap}")
     return "\n".join(lines)
@@ -262,13 +343,20 @@ def format_table(summary: dict[str, Any]) -> str:
                     default=float("nan"))
         rates = [f"{k.replace('_acceptance_rate', '')} {diagnostics[k]:.2f}" for k in ("global_acceptance_rate",
                  "local_acceptance_rate") if isinstance(diagnostics.get(k), (int, float))]
+        if isinstance(diagnostics.get("acceptance_rate"), (int, float)) and not rates:
+            rates = [f"{diagnostics['acceptance_rate']:.2f}"]
+        moves = diagnostics.get("move_fraction", math.nan)
+        moves_note = f"; {moves:.2f} of stored steps move" if np.isfinite(moves) else ""
         note = f"{diagnostics['n_chains']} chains; " + "; ".join(
             f"{name}: tau {v['tau']:.1f}, R-hat {v['r_hat']:.3f}" for name, v in diagnostics.items()
             if isinstance(v, dict))
-        flag = "!! " if np.isfinite(worst) and worst > 1.1 else ""
+        disagree = bool(np.isfinite(worst) and worst > 1.1)
+        still = bool(np.isfinite(moves) and moves < MIN_MOVE_FRACTION)
+        flag = "!! " if disagree or still else ""
         rows.append((f"{flag}chains", f"{worst:.3f}" if np.isfinite(worst) else "n/a", "",
-                     ("max R-hat > 1.1: chains disagree; " if flag else "max R-hat; ") + note
-                     + ("; acceptance " + ", ".join(rates) if rates else "")))
+                     ("max R-hat > 1.1: chains disagree; " if disagree else "max R-hat; ")
+                     + (f"chains barely move (< {MIN_MOVE_FRACTION:.0%} of steps); " if still else "") + note
+                     + ("; acceptance " + ", ".join(rates) if rates else "") + moves_note))
     header = ("quantity", "value", "error", "notes")
     widths = [max(_shown_width(row[i]) for row in [header, *rows]) for i in range(3)]
     lines = [

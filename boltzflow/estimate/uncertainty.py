@@ -63,16 +63,25 @@ from .weights import ess
 MIN_EFFECTIVE_CHAINS = 2.0
 """Fewest effective chains (Kish over the chains' total weights) that weighted chains must share their weight among."""
 
+CONSTANT_CHAINS = ("the same value on every sample of correlated chains: with no fluctuation their "
+                   "autocorrelation cannot be measured, so the error bar of 0 is no error bar (did the chains move?)")
+"""Why an estimate from correlated chains whose values never change is flagged (its ESS is set to 1)."""
+
 ERROR_METHODS = ("analytic", "bootstrap")
 """Error methods of independent samples: delta method (influence series) or bootstrap."""
 
 
 class Uncertainty(NamedTuple):
-    """A standard error, the statistical inefficiency behind it (1 if independent) and the method."""
+    """A standard error, the statistical inefficiency behind it (1 if independent) and the method.
+
+    ``problem`` is empty, or says why the error cannot be trusted whatever the sample size (the
+    estimators then flag the estimate unreliable).
+    """
 
     error: float
     inefficiency: float
     method: str
+    problem: str = ""
 
 
 def _autocovariances(draws: np.ndarray) -> np.ndarray:
@@ -307,8 +316,18 @@ def estimate_error(
     n_bootstrap, seed : int
         Bootstrap settings.
 
+    Returns
+    -------
+    Uncertainty
+        For unweighted correlated samples whose influence series is constant (every chain gives
+        the same value), the error is 0, the inefficiency ``n`` (one effective sample: the chains
+        may never have moved) and ``problem`` says so (:data:`CONSTANT_CHAINS`).
+
     Examples
     --------
+    >>> chains = SampleSet(np.ones((8, 1)), np.zeros(8), chain=np.repeat([0, 1], 4), metadata={"correlated": True})
+    >>> estimate_error(chains, lambda idx: 0.0, np.zeros(8)).problem == CONSTANT_CHAINS
+    True
     >>> samples = SampleSet(np.zeros((4, 1)), np.zeros(4))
     >>> psi = np.array([1.0, -1.0, 1.0, -1.0])
     >>> round(estimate_error(samples, lambda idx: 0.0, psi).error, 4)  # sqrt(4/3) / sqrt(4)
@@ -324,6 +343,9 @@ def estimate_error(
         n_chains = 1 if samples.chain is None else np.unique(samples.chain).size
         if samples.is_weighted and n_chains >= 2:
             return _replica_uncertainty(samples, influence, n_chains)
+        if np.ptp(influence) == 0.0:
+            return Uncertainty(0.0, float(n), f"no fluctuation in {n_chains} chains",
+                               CONSTANT_CHAINS)
         g = statistical_inefficiency(influence, samples.chain, samples.time)
         se = math.sqrt(float(np.var(influence, ddof=1)) * g / n)
         return Uncertainty(se, g, f"autocorrelation of {n_chains} split chains (g={g:.3g})")

@@ -33,9 +33,6 @@ Velocities are trained by flow matching (:mod:`boltzflow.flows.continuous_traini
 from __future__ import annotations
 
 import math
-import pickle
-import struct
-import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,7 +42,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..io import atomic_write
+from ..integrity import read_torch, write_torch
 from ..samples import SampleSet
 from ..systems.system import System
 from .augmentation import random_rotations
@@ -500,7 +497,7 @@ def save_continuous_flow(
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"format": _FORMAT, "version": _FORMAT_VERSION, "config": flow.config,
                "metadata": dict(metadata or {}), "state_dict": state}
-    atomic_write(path, lambda f: torch.save(payload, f))
+    write_torch(path, payload)
     return path
 
 
@@ -510,24 +507,27 @@ def load_continuous_flow(path: str | Path, system: System) -> ContinuousFlow:
     Raises
     ------
     ModelFileError
-        If the file is missing, truncated or corrupted, not a continuous-flow model (e.g. a
-        coupling-flow model of ``boltzflow train``), of another format version, or made for a
-        system of another dimension or particle layout.
+        If the file is missing, truncated or corrupted (its SHA-256 does not match), not a
+        continuous-flow model (e.g. a coupling-flow model of ``boltzflow train``; a pickle that
+        would run code is refused unread), of another format version, or made for a system of
+        another dimension or particle layout.
+
+    Warns
+    -----
+    boltzflow.integrity.UnverifiedFileWarning
+        For a model file written before checksums were stored.
     """
     path = Path(path)
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise ModelFileError(f"model file {path} does not exist") from None
-    except (RuntimeError, OSError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError,
-            struct.error) as err:
-        raise ModelFileError(f"model file {path} is corrupted or not a torch file ({err})") from None
+    payload = read_torch(path, "model file", "re-train or re-download it", error=ModelFileError)
     if not isinstance(payload, dict) or payload.get("format") != _FORMAT:
         found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
         raise ModelFileError(f"{path} is not a boltzflow continuous-flow model (found {found!r}; train one with "
                              "`boltzflow train-cnf`)")
     if payload.get("version") != _FORMAT_VERSION:
         raise ModelFileError(f"model file {path} has format version {payload.get('version')}, expected {_FORMAT_VERSION}")
+    missing = [key for key in ("config", "metadata", "state_dict") if key not in payload]
+    if missing:
+        raise ModelFileError(f"model file {path} is incomplete (no {', '.join(missing)}); re-train or re-download it")
     config = payload["config"]
     layout = particle_layout(system)
     if config.get("dim") != system.dim or (config.get("particles") is not None

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..io import InterruptGuard
 from ..samples import SampleSet
 from ..systems.system import System
 from .continuous import ContinuousFlow, configurations, rotate_frames
@@ -148,6 +149,9 @@ def train_continuous_flow(
     bar = tqdm(total=n_iterations, initial=start, desc=f"flow matching {system.name}", disable=not progress,
                unit="it")
     flow.train()
+    guard = InterruptGuard()  # a Ctrl-C saves the checkpoint at the end of the current step, then stops
+    if path is not None:
+        guard.arm()
     for iteration in range(start, n_iterations):
         step_start = time.monotonic()
         idx = torch.multinomial(data_p, batch_size, replacement=True, generator=generator)
@@ -174,9 +178,12 @@ def train_continuous_flow(
             recent = history.loss[-50:]
             bar.set_postfix(loss=f"{sum(recent) / len(recent):.4f}")
         done = iteration + 1
-        if path is not None and (done == n_iterations or time.monotonic() - last_save >= checkpoint_seconds):
+        if path is not None and (done == n_iterations or guard.requested
+                                 or time.monotonic() - last_save >= checkpoint_seconds):
             _save_checkpoint(path, run, done, flow, optimizer, schedule, generator, history, None)
             last_save = time.monotonic()
+            guard.honour()
+    guard.disarm()
     bar.close()
     flow.eval()
     return history

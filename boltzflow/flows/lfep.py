@@ -36,8 +36,9 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..io import atomic_write
+from ..integrity import read_torch, write_torch
 from .coupling import AffineCoupling, SplineCoupling
+from .models import ModelFileError
 from .rigid.lattice import LatticeChart
 from .rigid.rigid_coordinates import RigidBodySpec
 from .training import relative_ess
@@ -182,7 +183,7 @@ def save_lfep(flow: TemperatureMap, path: str | Path, metadata: dict[str, Any] |
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"format": _FORMAT, "version": _FORMAT_VERSION, "config": flow.config,
                "metadata": dict(metadata or {}), "state_dict": flow.state_dict()}
-    atomic_write(path, lambda f: torch.save(payload, f))
+    write_torch(path, payload)
     return path
 
 
@@ -198,20 +199,29 @@ def load_lfep(path: str | Path, spec: RigidBodySpec | None = None) -> Temperatur
 
     Raises
     ------
-    FileNotFoundError, ValueError
-        Missing file; a file that is not an LFEP model, is corrupted, or was made for another crystal.
+    FileNotFoundError
+        Missing file.
+    ModelFileError
+        A file that is not an LFEP model (a pickle that would run code is refused unread), is
+        corrupted (its SHA-256 does not match) or truncated, or was made for another crystal.
+
+    Warns
+    -----
+    boltzflow.integrity.UnverifiedFileWarning
+        For a model file written before checksums were stored.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"LFEP model file not found: {path}")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)  # a model file never runs code
-    except Exception as err:  # torch raises many types for a damaged file
-        raise ValueError(f"cannot read LFEP model file {path} (corrupted or not a torch file): {err}") from None
+    payload = read_torch(path, "LFEP model file", "re-train it", error=ModelFileError)  # never runs code
     if not isinstance(payload, dict) or payload.get("format") != _FORMAT:
-        raise ValueError(f"{path} is not a boltzflow LFEP model file")
+        raise ModelFileError(f"{path} is not a boltzflow LFEP model file")
     if payload.get("version") != _FORMAT_VERSION:
-        raise ValueError(f"{path}: LFEP model format version {payload.get('version')}, expected {_FORMAT_VERSION}")
+        raise ModelFileError(
+            f"{path}: LFEP model format version {payload.get('version')}, expected {_FORMAT_VERSION}")
+    missing = [key for key in ("config", "metadata", "state_dict") if key not in payload]
+    if missing:
+        raise ModelFileError(f"LFEP model file {path} is incomplete (no {', '.join(missing)}); re-train it")
     config, state = payload["config"], payload["state_dict"]
     if spec is not None:
         saved = RigidBodySpec.from_config(config["rigid"])
@@ -219,9 +229,13 @@ def load_lfep(path: str | Path, spec: RigidBodySpec | None = None) -> Temperatur
                 and saved.n_molecules == spec.n_molecules and spec.box is not None and saved.box is not None
                 and np.allclose(saved.box, spec.box))
         if not same:
-            raise ValueError(f"{path} was made for a different crystal (molecules, geometry or box) than this system")
-    flow = _from_config(config, state["mean"], state["std"])
-    flow.load_state_dict(state)
+            raise ModelFileError(
+                f"{path} was made for a different crystal (molecules, geometry or box) than this system")
+    try:
+        flow = _from_config(config, state["mean"], state["std"])
+        flow.load_state_dict(state)
+    except (RuntimeError, KeyError, TypeError, ValueError) as err:
+        raise ModelFileError(f"LFEP model file {path} does not match its configuration: {err}") from None
     flow.metadata = payload["metadata"]
     return flow
 

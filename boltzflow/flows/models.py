@@ -25,9 +25,6 @@ flow without the training data.
 
 from __future__ import annotations
 
-import pickle
-import struct
-import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -35,7 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..io import atomic_write
+from ..integrity import read_torch, write_torch
 from ..samples import SampleSet
 from ..systems.system import System
 from .base import Bijection, Compose
@@ -292,7 +289,7 @@ def save_model(
         "format": _FORMAT, "version": _FORMAT_VERSION, "config": flow.config, "metadata": dict(metadata or {}),
         "state_dict": _compact_state(flow, parameter_dtype),
     }
-    atomic_write(path, lambda f: torch.save(payload, f))
+    write_torch(path, payload)
     return path
 
 
@@ -314,23 +311,26 @@ def load_model(path: str | Path, system: System) -> FlowDistribution:
     Raises
     ------
     ModelFileError
-        If the file is missing, corrupted or truncated, not a boltzflow model, or made for a
-        system of another dimension or kind.
+        If the file is missing, corrupted (its SHA-256 does not match) or truncated, not a
+        boltzflow model (a pickle that would run code is refused unread), or made for a system of
+        another dimension or kind.
+
+    Warns
+    -----
+    boltzflow.integrity.UnverifiedFileWarning
+        For a model file written before checksums were stored.
     """
     path = Path(path)
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise ModelFileError(f"model file {path} does not exist") from None
-    except (RuntimeError, OSError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError,
-            struct.error) as err:
-        raise ModelFileError(f"model file {path} is corrupted or not a torch file ({err})") from None
+    payload = read_torch(path, "model file", "re-train or re-download it", error=ModelFileError)
     if not isinstance(payload, dict) or payload.get("format") != _FORMAT:
         raise ModelFileError(f"{path} is not a boltzflow flow model")
     if payload.get("version") != _FORMAT_VERSION:
         raise ModelFileError(
             f"model file {path} has format version {payload.get('version')}, expected {_FORMAT_VERSION}"
         )
+    missing = [key for key in ("config", "metadata", "state_dict") if key not in payload]
+    if missing:
+        raise ModelFileError(f"model file {path} is incomplete (no {', '.join(missing)}); re-train or re-download it")
     config = payload["config"]
     molecular = system.topology is not None
     if config.get("dim") != system.dim or config.get("molecular") != molecular:

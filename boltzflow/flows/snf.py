@@ -47,10 +47,7 @@ for it the Hessian term is left out of the training gradient (weights stay exact
 from __future__ import annotations
 
 import math
-import pickle
-import struct
 import time
-import zipfile
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -62,7 +59,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..io import atomic_write
+from ..integrity import read_torch, write_torch
+from ..io import InterruptGuard
 from ..systems.system import System
 from .base import Bijection
 from .coupling import AffineCoupling, SplineCoupling, alternating_masks
@@ -499,6 +497,9 @@ def train_snf(
     last_save = time.monotonic()
     bar = tqdm(total=n_iterations, initial=start, desc="train snf", disable=not progress, unit="it")
     snf.train()
+    guard = InterruptGuard()  # a Ctrl-C saves the checkpoint at the end of the current step, then stops
+    if path is not None:
+        guard.arm()
     for iteration in range(start, n_iterations):
         loss, log_w, n_dropped = snf_loss(snf, batch_size, generator, u_high, u_max)
         optimizer.zero_grad()
@@ -513,9 +514,12 @@ def train_snf(
         if iteration % 10 == 0 or iteration == n_iterations - 1:
             bar.set_postfix(loss=f"{history.loss[-1]:.3f}", ess=f"{history.relative_ess[-1]:.2f}")
         done = iteration + 1
-        if path is not None and (done == n_iterations or time.monotonic() - last_save >= checkpoint_seconds):
+        if path is not None and (done == n_iterations or guard.requested
+                                 or time.monotonic() - last_save >= checkpoint_seconds):
             _save_checkpoint(path, run, done, snf, optimizer, None, generator, history, None)
             last_save = time.monotonic()
+            guard.honour()
+    guard.disarm()
     bar.close()
     snf.eval()
     return history
@@ -645,7 +649,7 @@ def save_snf(snf: SNF, path: str | Path, metadata: dict[str, Any] | None = None)
         "format": _FORMAT, "version": _FORMAT_VERSION, "config": snf.config, "metadata": dict(metadata or {}),
         "state_dict": {k: v.detach().cpu() for k, v in snf.state_dict().items()},
     }
-    atomic_write(path, lambda f: torch.save(payload, f))
+    write_torch(path, payload)
     return path
 
 
@@ -667,17 +671,17 @@ def load_snf(path: str | Path, system: System) -> SNF:
     Raises
     ------
     ModelFileError
-        If the file is missing, corrupted or truncated, not an SNF file (a flow model is named as
-        such), of another format version, or made for a system of another dimension.
+        If the file is missing, corrupted (its SHA-256 does not match) or truncated, not an SNF
+        file (a flow model is named as such; a pickle that would run code is refused unread), of
+        another format version, or made for a system of another dimension.
+
+    Warns
+    -----
+    boltzflow.integrity.UnverifiedFileWarning
+        For an SNF file written before checksums were stored.
     """
     path = Path(path)
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise ModelFileError(f"SNF file {path} does not exist") from None
-    except (RuntimeError, OSError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError,
-            struct.error) as err:
-        raise ModelFileError(f"SNF file {path} is corrupted or not a torch file ({err})") from None
+    payload = read_torch(path, "SNF file", "re-train it", error=ModelFileError)
     kind = payload.get("format") if isinstance(payload, dict) else None
     if kind == _FLOW_FORMAT:
         raise ModelFileError(f"{path} is a normalizing-flow model, not an SNF: sample it with the 'flow' sampler")

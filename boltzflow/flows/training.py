@@ -26,9 +26,7 @@ flow has lost entirely does not: against that, keep an ML term (``w_ml > 0``) or
 from __future__ import annotations
 
 import math
-import pickle
 import time
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,7 +35,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..io import atomic_write
+from ..integrity import differences, error_summary, read_torch, write_torch
+from ..io import InterruptGuard
 from ..samples import SampleSet
 from ..systems.system import System
 from .distributions import FlowDistribution
@@ -187,35 +186,105 @@ def _data_sampler(data: SampleSet, dim: int, device: str, weighting: str) -> tup
     )
 
 
-def split_holdout(data: SampleSet, fraction: float) -> tuple[SampleSet, SampleSet]:
-    """Split training frames into (train, held-out): the last ``fraction`` of each chain is held out.
+def split_holdout(data: SampleSet, fraction: float, seed: int = 0) -> tuple[SampleSet, SampleSet]:
+    """Split training frames into (train, held-out) without leaking correlated neighbours across the split.
 
-    Contiguous blocks rather than random frames, so that correlated neighbours of MD frames do not
-    leak across the split.
+    Frames with ``chain`` labels lose the last ``fraction`` of each chain (ordered by ``time``, if
+    any): contiguous blocks, so that correlated neighbours of MD frames stay on one side. Unlabelled
+    correlated frames (``metadata["correlated"]``) are one chain. Independent samples without chain
+    labels (flow, SNF and other importance samplers) lose a random ``fraction`` of their frames.
 
     Parameters
     ----------
     data : SampleSet
-        Frames with ``chain`` labels (and ``time``, if any, for their order).
+        Training frames.
     fraction : float
         Held-out share, ``0 < fraction < 1``.
+    seed : int
+        Random stream of the held-out choice among independent samples.
 
     Returns
     -------
     tuple of SampleSet
+
+    Raises
+    ------
+    ValueError
+        If ``fraction`` is outside (0, 1) or leaves either side empty.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from boltzflow import SampleSet
+    >>> independent = SampleSet(x=np.zeros((100, 2)), energies=np.zeros(100), log_weights=np.zeros(100))
+    >>> [len(part) for part in split_holdout(independent, 0.1)]
+    [90, 10]
+    >>> chains = SampleSet(x=np.zeros((100, 2)), energies=np.zeros(100), log_weights=np.zeros(100),
+    ...                    chain=np.repeat([0, 1], 50), metadata={"correlated": True})
+    >>> train_part, held = split_holdout(chains, 0.1)
+    >>> np.bincount(held.chain).tolist()
+    [5, 5]
     """
     if not 0 < fraction < 1:
         raise ValueError(f"the held-out fraction must be in (0, 1), got {fraction}")
     held = np.zeros(len(data), dtype=bool)
-    for chain in np.unique(data.chain):
-        rows = np.flatnonzero(data.chain == chain)
-        if data.time is not None:
-            rows = rows[np.argsort(data.time[rows], kind="stable")]
-        n_held = int(round(fraction * len(rows)))
-        held[rows[len(rows) - n_held :]] = True
+    if data.chain is None and not data.correlated:
+        n_held = int(round(fraction * len(data)))
+        held[np.random.default_rng(seed).choice(len(data), n_held, replace=False)] = True
+    else:
+        chains = np.zeros(len(data), dtype=np.int64) if data.chain is None else data.chain
+        for chain in np.unique(chains):
+            rows = np.flatnonzero(chains == chain)
+            if data.time is not None:
+                rows = rows[np.argsort(data.time[rows], kind="stable")]
+            n_held = int(round(fraction * len(rows)))
+            held[rows[len(rows) - n_held :]] = True
     if held.all() or not held.any():
         raise ValueError(f"cannot hold out {fraction:.0%} of {len(data)} frames")
     return data[~held], data[held]
+
+
+def check_device(device: str | torch.device) -> torch.device:
+    """``device`` parsed, if this machine has it: a one-line error instead of a failure mid-run.
+
+    Parameters
+    ----------
+    device : str or torch.device
+        ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"mps"``.
+
+    Returns
+    -------
+    torch.device
+
+    Raises
+    ------
+    ValueError
+        For a string torch cannot parse, a device type other than these, or one this machine lacks.
+
+    Examples
+    --------
+    >>> check_device("cpu")
+    device(type='cpu')
+    >>> check_device("gpu")
+    Traceback (most recent call last):
+    ...
+    ValueError: unknown torch device 'gpu'; use cpu or cuda[:N]
+    """
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"unknown torch device {str(device)!r}; use cpu or cuda[:N]") from None
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {str(device)!r}: CUDA is not available on this machine; use cpu")
+        if parsed.index is not None and parsed.index >= torch.cuda.device_count():
+            raise ValueError(f"device {str(device)!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    elif parsed.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise ValueError(f"device {str(device)!r}: MPS is not available on this machine; use cpu")
+    elif parsed.type != "cpu":
+        raise ValueError(f"device {str(device)!r} is not supported; use cpu or cuda[:N]")
+    return parsed
 
 
 def _validation_nll(flow: FlowDistribution, x: torch.Tensor, p: torch.Tensor, batch: int = 2048) -> float:
@@ -245,36 +314,41 @@ def _probe_ess(system: System, flow: FlowDistribution, n: int, seed: int, device
     return relative_ess(-u - log_q)
 
 
+_CHECKPOINT_KEYS = ("run", "iteration", "flow", "optimizer", "rng", "history")
+
+
 def _save_checkpoint(
-    path: Path, run: dict[str, Any], iteration: int, flow: FlowDistribution, optimizer: torch.optim.Optimizer,
-    schedule: torch.optim.lr_scheduler.LRScheduler | None, generator: torch.Generator, history: TrainingHistory,
+    path: Path, run: dict[str, Any], iteration: int, flow: torch.nn.Module, optimizer: torch.optim.Optimizer,
+    schedule: torch.optim.lr_scheduler.LRScheduler | None, generator: torch.Generator, history: Any,
     best: dict[str, torch.Tensor] | None,
 ) -> None:
+    """Write a checksummed training checkpoint: run identity, architecture (``flow.config``) and state."""
     payload = {
-        "run": run, "iteration": iteration, "flow": flow.state_dict(), "optimizer": optimizer.state_dict(),
-        "schedule": None if schedule is None else schedule.state_dict(), "best": best,
-        "rng": generator.get_state(), "history": vars(history),
+        "run": run, "config": getattr(flow, "config", None), "iteration": iteration, "flow": flow.state_dict(),
+        "optimizer": optimizer.state_dict(), "schedule": None if schedule is None else schedule.state_dict(),
+        "best": best, "rng": generator.get_state(), "history": vars(history),
     }
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, lambda f: torch.save(payload, f))
+    write_torch(path, payload)
 
 
 def _load_checkpoint(path: Path, run: dict[str, Any], device: str) -> dict[str, Any] | None:
+    """The checkpoint at ``path`` (verified, complete, of this run), or ``None`` when there is none."""
     if not path.exists():
         return None
-    try:
-        payload = torch.load(path, map_location=device, weights_only=True)
-        saved_run = payload["run"]
-    except (RuntimeError, OSError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError, KeyError,
-            TypeError) as err:
+    payload = read_torch(path, "training checkpoint", "delete it to start afresh", map_location=device,
+                         error=TrainingCheckpointError)
+    missing = [key for key in _CHECKPOINT_KEYS if not isinstance(payload, dict) or key not in payload]
+    if missing:
         raise TrainingCheckpointError(
-            f"training checkpoint {path} is corrupted ({type(err).__name__}: {err}); delete it to start afresh"
-        ) from None
-    if saved_run != run:
-        raise TrainingCheckpointError(
-            f"training checkpoint {path} belongs to a different run {saved_run}, not {run}; "
-            "use another path or delete it"
+            f"training checkpoint {path} is incomplete (no {', '.join(missing)}); delete it to start afresh"
         )
+    if payload["run"] != run:
+        raise TrainingCheckpointError(
+            f"training checkpoint {path} belongs to a different run ({differences(payload['run'], run)}); "
+            "use another --out or delete it"
+        )
+    payload["path"] = path
     return payload
 
 
@@ -282,13 +356,36 @@ def _restore_checkpoint(
     saved: dict[str, Any], module: torch.nn.Module, optimizer: torch.optim.Optimizer,
     schedule: torch.optim.lr_scheduler.LRScheduler | None, generator: torch.Generator,
 ) -> int:
-    """Load a checkpoint's model, optimiser, schedule and random state; return its iteration."""
-    module.load_state_dict(saved["flow"])
-    optimizer.load_state_dict(saved["optimizer"])
-    if schedule is not None:
-        schedule.load_state_dict(saved["schedule"])
-    generator.set_state(saved["rng"].cpu())
-    return saved["iteration"]
+    """Load a checkpoint's model, optimiser, schedule and random state; return its iteration.
+
+    A checkpoint of another architecture (``config``, or parameters that do not fit) raises
+    :class:`TrainingCheckpointError`, as does an optimiser, schedule or random state that cannot be restored.
+    """
+    path = saved["path"]
+    config = getattr(module, "config", None)
+    changed = "" if saved.get("config") is None or config is None else differences(saved["config"], config)
+    if changed:
+        raise TrainingCheckpointError(
+            f"training checkpoint {path} belongs to a different run ({changed}); use another --out or delete it"
+        )
+    try:
+        module.load_state_dict(saved["flow"])
+    except RuntimeError as err:
+        raise TrainingCheckpointError(
+            f"training checkpoint {path} belongs to a different run (another architecture: {error_summary(err)}); "
+            "use another --out or delete it"
+        ) from None
+    try:
+        optimizer.load_state_dict(saved["optimizer"])
+        if schedule is not None:
+            schedule.load_state_dict(saved["schedule"])
+        generator.set_state(saved["rng"].cpu())
+        return int(saved["iteration"])
+    except (RuntimeError, ValueError, KeyError, TypeError, AttributeError, IndexError) as err:
+        raise TrainingCheckpointError(
+            f"training checkpoint {path} has an optimiser, schedule or random state that cannot be restored "
+            f"({error_summary(err)}); delete it to start afresh"
+        ) from None
 
 
 def train(
@@ -387,6 +484,7 @@ def train(
         raise ValueError("maximum-likelihood training (w_ml > 0) needs data")
     if n_iterations < 0 or batch_size < 1:
         raise ValueError("n_iterations must be >= 0 and batch_size >= 1")
+    check_device(device)
     if rollback_factor is not None and not (rollback_factor > 1 and probe_size >= 1):
         raise ValueError(f"rollback_factor must exceed 1 (got {rollback_factor}) and probe_size be >= 1")
     probing = w_kl > 0 and validation is None and rollback_factor is not None and n_iterations > 0
@@ -419,6 +517,9 @@ def train(
     last_save = time.monotonic()
     bar = tqdm(total=n_iterations, initial=start, desc=f"train {system.name}", disable=not progress, unit="it")
     flow.train()
+    guard = InterruptGuard()  # a Ctrl-C saves the checkpoint at the end of the current step, then stops
+    if path is not None:
+        guard.arm()
     if probing and start == 0:
         history.probe_iteration.append(0)
         history.probe_ess.append(_probe_ess(system, flow, probe_size, probe_seed, device))
@@ -475,9 +576,12 @@ def train(
             history.probe_ess.append(_probe_ess(system, flow, probe_size, probe_seed, device))
             if history.probe_ess[-1] > max(history.probe_ess[:-1]):
                 best = {k: v.detach().clone() for k, v in flow.state_dict().items()}
-        if path is not None and (done == n_iterations or time.monotonic() - last_save >= checkpoint_seconds):
+        if path is not None and (done == n_iterations or guard.requested
+                                 or time.monotonic() - last_save >= checkpoint_seconds):
             _save_checkpoint(path, run, done, flow, optimizer, schedule, generator, history, best)
             last_save = time.monotonic()
+            guard.honour()
+    guard.disarm()
     bar.close()
     if probing:
         top = int(np.argmax(history.probe_ess))
@@ -492,6 +596,6 @@ def train(
 
 
 __all__ = [
-    "DATA_WEIGHTINGS", "TrainingCheckpointError", "TrainingHistory", "cut_energy", "kl_loss", "ml_loss",
-    "relative_ess", "split_holdout", "train",
+    "DATA_WEIGHTINGS", "TrainingCheckpointError", "TrainingHistory", "check_device", "cut_energy", "kl_loss",
+    "ml_loss", "relative_ess", "split_holdout", "train",
 ]

@@ -9,7 +9,6 @@ names (``sorted(SAMPLERS)``, e.g. for the command line) imports none of them.
 from __future__ import annotations
 
 import importlib
-import inspect
 import sys
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Callable
@@ -90,24 +89,23 @@ SAMPLERS: Mapping[str, Callable[..., SampleSet]] = _SamplerRegistry()
 def sample_md(system: System, n: int, seed: int = 0, **options: Any) -> SampleSet:
     """The baseline for any system: OpenMM Langevin dynamics for OpenMM systems, MALA otherwise.
 
-    Options are those of :func:`sample_openmm_md` or :func:`sample_mala`.
+    Options are those of :func:`sample_openmm_md` or :func:`sample_mala`, checked as in :func:`sample`.
+
+    Examples
+    --------
+    >>> import boltzflow as bf
+    >>> system = bf.load_system("double_well_2d")  # not an OpenMM system: MALA
+    >>> sample_md(system, 20, warmup=100, thin=1e0, progress=False).metadata["sampler"]
+    'mala'
     """
+    from .options import check_sampler_call
+
     if system.openmm_system is None:
         from .mala import sample_mala as target
     else:
         from .openmm_md import sample_openmm_md as target
-    _check_options("md", target, options)
-    return target(system, n, seed=seed, **options)
-
-
-def _check_options(name: str, fn: Callable, options: dict[str, Any]) -> None:
-    parameters = inspect.signature(fn).parameters
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
-        return  # options pass through to an inner sampler, which checks them
-    allowed = [p for p in parameters if p not in ("system", "n", "seed")]
-    unknown = sorted(set(options) - set(allowed))
-    if unknown:
-        raise TypeError(f"sampler '{name}' has no option(s) {', '.join(unknown)}; options: {', '.join(allowed)}")
+    call = check_sampler_call("md", target, n, seed, options, system.dim)
+    return target(system, call.n, seed=call.seed, **call.options)
 
 
 def sample(system: System, sampler: str = "md", n: int = 1000, seed: int = 0, **options: Any) -> SampleSet:
@@ -129,6 +127,27 @@ def sample(system: System, sampler: str = "md", n: int = 1000, seed: int = 0, **
     Returns
     -------
     SampleSet
+
+    Raises
+    ------
+    TypeError
+        For an option the sampler does not have.
+    ValueError
+        For an unknown sampler; :class:`~boltzflow.samplers.options.OptionError` (a ValueError)
+        for an option, ``n`` or ``seed`` of the wrong type or out of range (see
+        :mod:`boltzflow.samplers.options`: an integral float such as ``1e3`` is accepted as the
+        int ``1000``), or ``n`` samples that cannot fit in memory. All are raised before any work.
+
+    Examples
+    --------
+    >>> import boltzflow as bf
+    >>> system = bf.load_system("double_well_2d")
+    >>> bf.sample(system, "mala", n=20, warmup=1e2, thin=1, progress=False).x.shape
+    (20, 2)
+    >>> bf.sample(system, "mala", n=20, warmup=10.5)
+    Traceback (most recent call last):
+    ...
+    boltzflow.samplers.options.OptionError: sampler 'mala': option warmup=10.5 must be a whole number >= 0
     """
     from ..systems.system import System
 
@@ -137,6 +156,9 @@ def sample(system: System, sampler: str = "md", n: int = 1000, seed: int = 0, **
     if not isinstance(system, System):
         raise TypeError(f"sample() needs a boltzflow System, got {type(system).__name__}")
     fn = SAMPLERS[sampler]
-    if fn is not sample_md:
-        _check_options(sampler, fn, options)
-    return fn(system, n, seed=seed, **options)
+    if fn is sample_md:
+        return sample_md(system, n, seed=seed, **options)  # checks against the sampler it picks
+    from .options import check_sampler_call
+
+    call = check_sampler_call(sampler, fn, n, seed, options, system.dim)
+    return fn(system, call.n, seed=call.seed, **call.options)

@@ -50,7 +50,7 @@ import json
 import math
 import time as clock
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 import torch
@@ -119,7 +119,7 @@ def sample_adaptive(
     seed: int = 0,
     model: str | Path | FlowDistribution | None = None,
     n_chains: int = 32,
-    global_move: str = "isir",
+    global_move: Literal["imh", "isir"] = "isir",
     n_proposals: int = 16,
     production_proposals: int | None = None,
     local_steps: int = 1,
@@ -458,7 +458,7 @@ def sample_adaptive(
         chain=chain,
         time=time,
         metadata=run_metadata(
-            system, "adaptive", seed, correlated=True, normalized_proposal=False,
+            system, "adaptive", seed, correlated=True, normalized_proposal=False, checkpoint=ckpt,
             model=model_name, global_move=global_move, n_chains=n_chains, thin=thin,
             **({"n_proposals": n_proposals, "production_proposals": production_proposals}
                if global_move == "isir" else {}),

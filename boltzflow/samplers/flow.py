@@ -123,7 +123,7 @@ def sample_flow(
         energies=draws.energies,
         log_weights=draws.log_weights(valid_q),
         metadata=run_metadata(
-            system, "flow", seed, correlated=False, normalized_proposal=True,
+            system, "flow", seed, correlated=False, normalized_proposal=True, **draws.resume,
             model=model_name,
             batch_size=batch_size,
             n_invalid_log_q=int(np.count_nonzero(~valid_q)),

@@ -261,7 +261,7 @@ def _run(
         chain=chain,
         time=time,
         metadata=run_metadata(
-            system, name, seed, correlated=True, normalized_proposal=False,
+            system, name, seed, correlated=True, normalized_proposal=False, checkpoint=ckpt,
             model=model_name, n_chains=n_chains, thin=thin, warmup=warmup,
             **({"n_proposals": n_proposals} if name == "isir" else {}),
             **_rates(counts, total, warmup, n_chains, local_steps, short=False),

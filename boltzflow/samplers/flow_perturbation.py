@@ -30,6 +30,7 @@ import functools
 import math
 from collections.abc import Callable
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -197,7 +198,8 @@ def _importance(
     return SampleSet(
         x=draws.x, energies=draws.energies, log_weights=draws.log_weights(valid),
         metadata=run_metadata(system, name, seed, correlated=False, normalized_proposal=normalized, model=model_name,
-                              batch_size=batch_size, n_invalid_log_q=int(np.count_nonzero(~valid)), **extra),
+                              batch_size=batch_size, n_invalid_log_q=int(np.count_nonzero(~valid)), **draws.resume,
+                              **extra),
     )
 
 
@@ -288,7 +290,7 @@ def sample_cnf_hutchinson(
     seed: int = 0,
     model: str | Path | ContinuousFlow | None = None,
     n_probes: int = 1,
-    probe: str = "rademacher",
+    probe: Literal["rademacher", "gaussian"] = "rademacher",
     batch_size: int = 256,
     ode_steps: int | None = None,
     progress: bool = True,
@@ -357,7 +359,7 @@ def sample_fp_is(
     n: int,
     seed: int = 0,
     model: str | Path | ContinuousFlow | None = None,
-    estimator: str = "multistep",
+    estimator: Literal["multistep", "perturbed", "stretch", "hutchinson"] = "multistep",
     sigma_b: float | None = None,
     fd_step: float = 1e-3,
     ode_steps: int | None = None,
@@ -501,7 +503,7 @@ def sample_fp(
     warmup: int = 200,
     n_refresh: int = 2,
     init_candidates: int = 16,
-    estimator: str = "multistep",
+    estimator: Literal["multistep", "perturbed", "stretch", "hutchinson"] = "multistep",
     sigma_b: float | None = None,
     fd_step: float = 1e-3,
     ode_steps: int | None = None,
@@ -623,7 +625,8 @@ def sample_fp(
         chain=chain,
         time=time,
         metadata=run_metadata(
-            system, "fp", seed, correlated=True, normalized_proposal=False, model=model_name, **settings,
+            system, "fp", seed, correlated=True, normalized_proposal=False, checkpoint=ckpt, model=model_name,
+            **settings,
             acceptance_rate=counts["accepted"] / max((total - warmup) * n_chains, 1),
             warmup_acceptance_rate=counts["accepted_warmup"] / max(warmup * n_chains, 1),
             n_nonfinite_proposals=counts["nonfinite"],

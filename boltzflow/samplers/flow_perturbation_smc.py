@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 from scipy.special import expit, logsumexp
@@ -99,7 +100,7 @@ def sample_fp_smc(
     ess_threshold: float = 0.95,
     gradient_steps: int = 0,
     mala_step: float = 1e-3,
-    estimator: str = "multistep",
+    estimator: Literal["multistep", "perturbed", "stretch", "hutchinson"] = "multistep",
     sigma_b: float | None = None,
     fd_step: float = 1e-3,
     ode_steps: int | None = None,
@@ -263,7 +264,8 @@ def sample_fp_smc(
         chain=replica[order],
         time=origin[order],
         metadata=run_metadata(
-            system, "fp-smc", seed, correlated=True, normalized_proposal=estimator != "hutchinson", model=model_name, **settings,
+            system, "fp-smc", seed, correlated=True, normalized_proposal=estimator != "hutchinson", checkpoint=ckpt,
+            model=model_name, **settings,
             acceptance_rates=[float(a) for a in info["acceptance"]],
             acceptance_rate=float(info["acceptance"][-1]),
             **({"mala_acceptance_rates": [float(a) for a in info["mala_acceptance"]],

@@ -250,7 +250,7 @@ def sample_hmc(
         chain=chain,
         time=time,
         metadata=run_metadata(
-            system, "hmc", seed, correlated=True, normalized_proposal=False,
+            system, "hmc", seed, correlated=True, normalized_proposal=False, checkpoint=ckpt,
             n_chains=n_chains, thin=thin, warmup=warmup, **diagnostics,
         ),
     )

@@ -24,12 +24,13 @@ Draw = Callable[[int, int], tuple[np.ndarray, np.ndarray, "np.ndarray | None"]]
 
 @dataclass
 class Draws:
-    """Proposals, their log-densities, reduced energies and optional per-batch records."""
+    """Proposals, their log-densities, reduced energies, optional per-batch records, resume metadata."""
 
     x: np.ndarray
     log_proposal: np.ndarray
     energies: np.ndarray
     batch_records: np.ndarray
+    resume: dict[str, Any]
 
     def log_weights(self, valid: np.ndarray) -> np.ndarray:
         """``−u − log q`` where ``valid`` and the energy are finite, ``−inf`` elsewhere."""
@@ -113,7 +114,7 @@ def draw_in_batches(
             ckpt.save({"x": x[:done], "log_proposal": log_p[:done], "energies": energies[:done],
                        "records": _table(records)}, {"done": done})
     bar.close()
-    return Draws(x, log_p, energies, _table(records))
+    return Draws(x, log_p, energies, _table(records), ckpt.resume_metadata())
 
 
 def _table(records: list[list[float]]) -> np.ndarray:

@@ -144,7 +144,7 @@ def sample_mala(
         chain=chain,
         time=time,
         metadata=run_metadata(
-            system, "mala", seed, correlated=True, normalized_proposal=False,
+            system, "mala", seed, correlated=True, normalized_proposal=False, checkpoint=ckpt,
             n_chains=n_chains,
             thin=thin,
             warmup=warmup,

@@ -396,7 +396,7 @@ def sample_neutra(
         chain=chain,
         time=time,
         metadata=run_metadata(
-            system, "neutra", seed, correlated=True, normalized_proposal=False,
+            system, "neutra", seed, correlated=True, normalized_proposal=False, checkpoint=ckpt,
             model=model_name, kernel=kernel, n_circular=torus.n_circular, periodicity_check=periodicity,
             n_chains=n_chains, thin=thin, warmup=warmup, **diagnostics,
         ),

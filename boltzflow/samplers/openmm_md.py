@@ -132,7 +132,7 @@ def sample_openmm_md(
         chain=np.zeros(n, dtype=np.int64),
         time=(np.arange(n) + 1) * dt_ps,
         metadata=run_metadata(
-            system, "md", seed, correlated=True, normalized_proposal=False,
+            system, "md", seed, correlated=True, normalized_proposal=False, checkpoint=ckpt,
             platform=platform_name,
             timestep_fs=timestep_fs,
             friction_per_ps=friction_per_ps,

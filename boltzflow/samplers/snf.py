@@ -109,7 +109,7 @@ def sample_snf(
         energies=draws.energies,
         log_weights=draws.log_weights(valid),
         metadata=run_metadata(
-            system, "snf", seed, correlated=False, normalized_proposal=True,
+            system, "snf", seed, correlated=False, normalized_proposal=True, **draws.resume,
             model=model_name,
             batch_size=batch_size,
             n_invalid_path=int(np.count_nonzero(~valid)),

@@ -22,10 +22,10 @@ from openmm import unit
 from tqdm.auto import tqdm
 
 from ..energy.openmm_bridge import R_KJ_PER_MOL_K
-from ..io import atomic_write
 from ..samples import SampleSet
 from ..systems.observables import Dihedral
 from ..systems.system import System
+from .checkpoint import Checkpoint
 from .openmm_md import sample_openmm_md
 
 def dihedral_atoms(system: System, observable: str) -> tuple[int, int, int, int]:
@@ -190,14 +190,15 @@ def sample_umbrella_md(
     if system.openmm_system is None:
         raise ValueError(f"system '{system.name}' has no OpenMM system; umbrella MD needs one")
     atoms = dihedral_atoms(system, observable)
-    bias_file = None if checkpoint is None else Path(checkpoint).with_suffix(".bias.npy")
-    if bias_kj is None and bias_file is not None and bias_file.exists():
-        bias_kj = np.load(bias_file)
+    # the learnt bias is kept, checksummed, beside the checkpoint (under its former name)
+    bias_store = Checkpoint(None if checkpoint is None else Path(checkpoint).with_suffix(".bias.npy"), run={
+        "system": system.name, "observable": observable, "seed": seed, "metadynamics_ns": metadynamics_ns})
+    saved_bias = bias_store.load() if bias_kj is None else None
+    if saved_bias is not None:
+        bias_kj = saved_bias[0]["bias_kj"]
     if bias_kj is None:
         bias_kj = metadynamics_bias(system, atoms, ns=metadynamics_ns, seed=seed, progress=progress)
-        if bias_file is not None:
-            bias_file.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write(bias_file, lambda f: np.save(f, bias_kj))
+        bias_store.save({"bias_kj": np.asarray(bias_kj, dtype=np.float64)}, {})
     bias_kj = np.asarray(bias_kj, dtype=np.float64)
     if bias_kj.ndim != 1 or bias_kj.size < 4 or not np.isfinite(bias_kj).all():
         raise ValueError("bias_kj must be a finite 1D grid of at least 4 values")

@@ -10,13 +10,13 @@ from typing import TYPE_CHECKING, Any
 
 from .declared import DeclaredSystem
 from .observables import State
-from .registry import SystemInfo, UnknownSystemError, declared_system, list_systems, load_system
+from .registry import AmbiguousSystemError, SystemInfo, UnknownSystemError, declared_system, list_systems, load_system
 
 if TYPE_CHECKING:
     from .system import System
 
 __all__ = [
-    "DeclaredSystem", "State", "System", "SystemInfo", "UnknownSystemError", "declared_system", "list_systems",
+    "AmbiguousSystemError", "DeclaredSystem", "State", "System", "SystemInfo", "UnknownSystemError", "declared_system", "list_systems",
     "load_system",
 ]
 

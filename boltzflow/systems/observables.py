@@ -31,6 +31,19 @@ def _points(x: np.ndarray, n_dims: int) -> np.ndarray:
     return np.asarray(x, dtype=np.float64).reshape(x.shape[0], -1, n_dims)
 
 
+def _check_particles(indices: tuple[int, ...], n_dims: int, dim: int) -> None:
+    """Raise ValueError unless ``indices`` are distinct particles of a ``dim``-coordinate configuration."""
+    if dim % n_dims:
+        raise ValueError(f"{dim} coordinates are not points of {n_dims} coordinates each")
+    n_particles = dim // n_dims
+    bad = [i for i in indices if not 0 <= i < n_particles]
+    if bad:
+        raise ValueError(f"particle index {bad[0]} is out of range: the system has {n_particles} particles "
+                         f"(indices 0 to {n_particles - 1})")
+    if len(set(indices)) != len(indices):
+        raise ValueError(f"particle indices {list(indices)} repeat a particle")
+
+
 @dataclass(frozen=True)
 class Coordinate:
     """The ``index``-th degree of freedom."""
@@ -39,6 +52,12 @@ class Coordinate:
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         return np.asarray(x)[:, self.index]
+
+    def check(self, dim: int) -> None:
+        """Raise ValueError unless the index is one of ``dim`` coordinates."""
+        if not 0 <= self.index < dim:
+            raise ValueError(f"coordinate index {self.index} is out of range: the system has {dim} coordinates "
+                             f"(indices 0 to {dim - 1})")
 
 
 @dataclass(frozen=True)
@@ -52,6 +71,10 @@ class Distance:
     def __call__(self, x: np.ndarray) -> np.ndarray:
         p = _points(x, self.n_dims)
         return np.linalg.norm(p[:, self.i] - p[:, self.j], axis=-1)
+
+    def check(self, dim: int) -> None:
+        """Raise ValueError unless ``i`` and ``j`` are two particles of a ``dim``-coordinate configuration."""
+        _check_particles((self.i, self.j), self.n_dims, dim)
 
 
 @dataclass(frozen=True)
@@ -67,6 +90,10 @@ class Angle:
         a, b = p[:, self.i] - p[:, self.j], p[:, self.k] - p[:, self.j]
         cos = (a * b).sum(-1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1))
         return np.arccos(np.clip(cos, -1.0, 1.0))
+
+    def check(self, dim: int) -> None:
+        """Raise ValueError unless ``i, j, k`` are three atoms of a ``dim``-coordinate configuration."""
+        _check_particles((self.i, self.j, self.k), 3, dim)
 
 
 @dataclass(frozen=True)
@@ -88,6 +115,10 @@ class Dihedral:
         w = b2 - (b2 * b1).sum(-1, keepdims=True) * b1
         return np.arctan2((np.cross(b1, v) * w).sum(-1), (v * w).sum(-1))
 
+    def check(self, dim: int) -> None:
+        """Raise ValueError unless ``i, j, k, l`` are four atoms of a ``dim``-coordinate configuration."""
+        _check_particles((self.i, self.j, self.k, self.l), 3, dim)
+
 
 @dataclass(frozen=True)
 class RadiusOfGyration:
@@ -98,6 +129,10 @@ class RadiusOfGyration:
     def __call__(self, x: np.ndarray) -> np.ndarray:
         p = _points(x, self.n_dims)
         return np.sqrt(((p - p.mean(axis=1, keepdims=True)) ** 2).sum(-1).mean(-1))
+
+    def check(self, dim: int) -> None:
+        """Raise ValueError unless ``dim`` coordinates are points of ``n_dims`` coordinates."""
+        _check_particles((), self.n_dims, dim)
 
 
 @dataclass(frozen=True)
@@ -117,11 +152,21 @@ class PairDistances:
         return np.linalg.norm(p[:, i] - p[:, j], axis=-1)
 
 
+def _indices(value: object, count: int) -> list[int]:
+    """``value`` as ``count`` integer indices (one bare integer when ``count`` is 1), else ValueError."""
+    items = [value] if count == 1 and not isinstance(value, list) else value
+    if not isinstance(items, list) or len(items) != count:
+        raise ValueError(f"expected {'an integer' if count == 1 else f'a list of {count} integers'}")
+    if not all(isinstance(i, int) and not isinstance(i, bool) for i in items):
+        raise ValueError("indices must be integers")
+    return items
+
+
 _KINDS: dict[str, Callable[..., Observable]] = {
-    "coordinate": lambda v, n_dims: Coordinate(int(v)),
-    "distance": lambda v, n_dims: Distance(int(v[0]), int(v[1]), n_dims),
-    "angle": lambda v, n_dims: Angle(*map(int, v)),
-    "dihedral": lambda v, n_dims: Dihedral(*map(int, v)),
+    "coordinate": lambda v, n_dims: Coordinate(*_indices(v, 1)),
+    "distance": lambda v, n_dims: Distance(*_indices(v, 2), n_dims),
+    "angle": lambda v, n_dims: Angle(*_indices(v, 3)),
+    "dihedral": lambda v, n_dims: Dihedral(*_indices(v, 4)),
     "radius_of_gyration": lambda v, n_dims: RadiusOfGyration(n_dims),
 }
 
@@ -148,6 +193,44 @@ def observable_from_spec(name: str, spec: dict, n_dims: int) -> Observable:
         return _KINDS[kind](value, n_dims)
     except (TypeError, ValueError, IndexError) as err:
         raise ValueError(f"observable '{name}': bad arguments {value!r} for '{kind}': {err}") from None
+
+
+def check_observables(observables: dict[str, Observable], dim: int, where: str) -> None:
+    """Check that every observable declared in ``system.toml`` fits configurations of ``dim`` coordinates.
+
+    Observables made in code (plain functions) are not checked: only their code knows what they read.
+
+    Parameters
+    ----------
+    observables : dict
+        Name to observable.
+    dim : int
+        Coordinates per configuration.
+    where : str
+        Where the observables come from (e.g. the ``system.toml`` path), for the message.
+
+    Raises
+    ------
+    ValueError
+        Naming ``where`` and the observable, e.g. ``"my/system.toml: observable 'x3': coordinate
+        index 5 is out of range: the system has 2 coordinates (indices 0 to 1)"``.
+
+    Examples
+    --------
+    >>> check_observables({"x1": Coordinate(0)}, 2, "system.toml")
+    >>> check_observables({"x3": Coordinate(5)}, 2, "system.toml")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: system.toml: observable 'x3': coordinate index 5 is out of range: the system has 2 coordinates...
+    """
+    for name, observable in observables.items():
+        check = getattr(observable, "check", None)
+        if check is None:
+            continue
+        try:
+            check(dim)
+        except ValueError as err:
+            raise ValueError(f"{where}: observable '{name}': {err}") from None
 
 
 _COMPARISONS = {"<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge}

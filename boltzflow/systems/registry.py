@@ -9,6 +9,12 @@ A system folder holds a ``system.toml`` definition (and any structure file it na
 definitions, listing systems and :func:`declared_system` need neither torch nor OpenMM. Built-in
 folders ship inside the wheel as the package ``boltzflow._systems``; from a source checkout they
 are read from the repository's ``systems/`` folder.
+
+A bare name (``"alanine_dipeptide_implicit"``) means the built-in system; a path (a
+:class:`pathlib.Path`, or a string with a separator or starting with ``.`` or ``~``) means a
+folder. A bare name that is also a system folder in the current directory is refused as ambiguous
+(:class:`AmbiguousSystemError`). Loading checks the declared observables and states (indices within
+``dim``, expressions that parse), with errors naming the ``system.toml``.
 """
 
 from __future__ import annotations
@@ -20,7 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .declared import SYSTEM_TYPES, DeclaredSystem, declare
+from .declared import SYSTEM_TYPES, DeclaredSystem, declare, declared_observables, declared_states
+from .observables import check_observables
 
 if TYPE_CHECKING:
     from .system import System
@@ -85,23 +92,66 @@ def builtin_names() -> list[str]:
     return sorted(p.name for p in root.iterdir() if (p / DEFINITION_FILE).is_file()) if root.is_dir() else []
 
 
+class AmbiguousSystemError(ValueError):
+    """Raised for a bare name that is both a built-in system and a system folder in the current directory."""
+
+
+def looks_like_path(name_or_path: str | os.PathLike) -> bool:
+    """Whether a system reference is a path rather than a name.
+
+    A :class:`pathlib.Path` (any ``os.PathLike``) is a path; so is a string containing a path
+    separator or starting with ``.`` or ``~``. Anything else is a bare name.
+
+    Examples
+    --------
+    >>> looks_like_path("double_well_2d"), looks_like_path("./double_well_2d"), looks_like_path(Path("w"))
+    (False, True, True)
+    """
+    if not isinstance(name_or_path, str):
+        return True
+    separators = {os.sep, "/"} | ({os.altsep} if os.altsep else set())
+    return name_or_path.startswith((".", "~")) or any(sep in name_or_path for sep in separators)
+
+
 def find_system_folder(name_or_path: str | os.PathLike) -> Path:
     """Resolve a built-in name or a path to a system folder.
 
+    A bare name (see :func:`looks_like_path`) means the built-in system of that name; a folder of
+    that name in the current directory is used only when no built-in has the name. A path is
+    always a folder (or its ``system.toml``).
+
     Raises
     ------
+    AmbiguousSystemError
+        For a bare name that is a built-in system and also a system folder in the current
+        directory: the caller must write ``./name`` for the folder.
     UnknownSystemError
         With the close matches among the built-in names.
+
+    Examples
+    --------
+    >>> find_system_folder("double_well_2d") == builtin_systems_dir() / "double_well_2d"
+    True
     """
     text = str(name_or_path)
     path = Path(text).expanduser()
+    if looks_like_path(name_or_path):
+        if path.is_dir():
+            return path
+        if path.name == DEFINITION_FILE and path.is_file():
+            return path.parent
+        raise UnknownSystemError(f"no system folder at {text}: it does not exist")
+    folder = builtin_systems_dir() / text
+    if (folder / DEFINITION_FILE).is_file():
+        if (path / DEFINITION_FILE).is_file() and path.resolve() != folder.resolve():
+            raise AmbiguousSystemError(
+                f"'{text}' is a built-in system and also a folder ./{text}; write ./{text} for the folder"
+            )
+        return folder
     if path.is_dir():
         return path
     if path.name == DEFINITION_FILE and path.is_file():
         return path.parent
-    folder = builtin_systems_dir() / text
-    if (folder / DEFINITION_FILE).is_file():
-        return folder
     names = builtin_names()
     close = difflib.get_close_matches(text, names, n=3)
     hint = f" Did you mean {', '.join(close)}?" if close else ""
@@ -146,7 +196,7 @@ def declared_system(name_or_path: str | os.PathLike) -> DeclaredSystem | None:
 
 def list_systems() -> list[SystemInfo]:
     """Information on every built-in system."""
-    return [system_info(name) for name in builtin_names()]
+    return [system_info(builtin_systems_dir() / name) for name in builtin_names()]
 
 
 def load_system(name_or_path: str | os.PathLike, **options: Any) -> System:
@@ -168,8 +218,18 @@ def load_system(name_or_path: str | os.PathLike, **options: Any) -> System:
 
     folder = find_system_folder(name_or_path)
     definition = read_definition(folder)
+    where = str(folder / DEFINITION_FILE)
+    kind = SYSTEM_TYPES[definition["type"]]
+    if kind.n_dims is not None:  # check the declarations before building: errors name the file
+        observables = declared_observables(definition, where)
+        if kind.observables_declared:  # else states may use observables made in code
+            declared_states(definition, observables, where)
     temperature = options.pop("temperature", None)
+    is_openmm = definition.get("backend") == "openmm" or definition["type"] in ("openmm", "ice")
+    if not is_openmm and {"platform", "n_workers"} & set(options):
+        raise ValueError(f"'{definition['name']}' is not an OpenMM system: platform/n_workers do not apply")
     system = BUILDERS[definition["type"]](folder, definition, **options)
+    check_observables(system.observables, system.dim, where)
     if temperature is not None:
         system = system.at_temperature(float(temperature))
     return system
