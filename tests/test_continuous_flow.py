@@ -26,6 +26,7 @@ from boltzflow.flows.continuous import (
     save_continuous_flow,
 )
 from boltzflow.flows.continuous_training import flow_matching_loss, train_continuous_flow, train_sigma_f
+from boltzflow.flows.distributions import DefensiveLatent
 from boltzflow.flows.models import ModelFileError, build_flow, save_model
 from boltzflow.flows.ode import HutchinsonDivergence, exact_divergence, rk4, rk4_with_divergence
 from boltzflow.flows.training import TrainingCheckpointError
@@ -343,14 +344,19 @@ def test_internal_coordinate_chart_weights_match_quadrature():
     for samples in (exact, fp):
         log_z = bf.estimate.log_partition_function(samples)
         assert abs(log_z.value - truth) < 3.5 * log_z.error and log_z.error < 0.05, (samples.metadata["sampler"], log_z)
-        # zero weight only for negative bonds (3σ tail of this broad bond); the dihedral never crosses its cut
-        assert np.count_nonzero(~np.isfinite(samples.log_weights)) < 0.01 * len(samples)
+        # zero weight only for negative bonds (3σ tail of this broad bond); the dihedral never crosses its cut.
+        # Measured (seeds 1, 2): 0.4-0.5 % with defensive=0, 1.0 % with the default defensive latent, whose
+        # widened draws reach a negative bond more often
+        assert np.count_nonzero(~np.isfinite(samples.log_weights)) < 0.015 * len(samples)
     bad = y[:3].clone()
     bad[0, 0] = -1e3  # a negative bond (normalised units)
     assert torch.isinf(flow.to_configuration_with_log_det(bad)[1]).tolist() == [True, False, False]
     x = torch.as_tensor(exact.x[:50])
+    latent = DefensiveLatent(exact.metadata["defensive"], exact.metadata["defensive_scale"])  # the default mixture
     with torch.no_grad():  # the density of a drawn configuration, recomputed through the inverse chart
-        log_q = flow.log_prob(x, exact_divergence)
+        y_x, chart_log_det = flow.to_internal_with_log_det(x)
+        z_x, log_det = flow.encode_with_log_det(y_x, exact_divergence)
+        log_q = latent.log_prob(z_x) + log_det + chart_log_det
     finite = np.isfinite(exact.log_weights[:50])
     u = exact.energies[:50]
     np.testing.assert_allclose(-u[finite] - log_q.numpy()[finite], exact.log_weights[:50][finite], atol=1e-6)

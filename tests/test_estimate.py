@@ -476,6 +476,33 @@ def test_chains_stuck_in_different_states_inflate_the_error():
     assert "!! chains" not in format_table(summarize(mixed, observables={"x": lambda v: v[:, 0]}))
 
 
+
+def test_chains_that_disagree_are_flagged_by_r_hat_and_flag_the_whole_run():
+    """Split R-hat above 1.1 flags a chain estimate; in ``summarize`` it flags every estimate of the run.
+
+    Chains that agree on ``y`` (each is white noise) but not on ``x`` (half of them around 3): the
+    estimate of ``<x>`` is flagged by its own R-hat, ``<y>`` and ``<u>`` only by the run's rule, since
+    chains that have not converged in one quantity may bias the others through it.
+    """
+    rng = np.random.default_rng(1)
+    n_per = 500
+    chain = np.repeat(np.arange(8), n_per)
+    x = np.stack([rng.normal(size=8 * n_per) + np.repeat([0.0, 3.0], 4 * n_per), rng.normal(size=8 * n_per)], 1)
+    samples = SampleSet(x=x, energies=0.5 * x[:, 1] ** 2, chain=chain, metadata={"correlated": True})
+    with pytest.warns(LowESSWarning, match="chains disagree"):
+        est = expectation(samples, lambda v: v[:, 0])
+    assert not est.reliable and "R-hat" in est.message
+    assert expectation(samples, lambda v: v[:, 1]).reliable  # its chains agree
+    with pytest.warns(LowESSWarning, match="have not converged: split R-hat of x"):
+        summary = summarize(samples, observables={"x": lambda v: v[:, 0], "y": lambda v: v[:, 1]})
+    assert not summary["observables"]["y"]["reliable"] and not summary["mean_energy"]["reliable"]
+    y = rng.normal(size=(8 * n_per, 2))
+    mixed = SampleSet(x=y, energies=0.5 * (y**2).sum(1), chain=chain, metadata={"correlated": True})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", LowESSWarning)
+        summary = summarize(mixed, observables={"x": lambda v: v[:, 0]})
+    assert summary["observables"]["x"]["reliable"] and summary["chain_diagnostics"]["x"]["r_hat"] < 1.1
+
 def test_free_energy_profile_of_reweighted_gaussian_matches_exact_bins():
     from scipy.stats import norm
 

@@ -89,14 +89,16 @@ def test_flow_mcmc_recovers_mode_weight_where_importance_sampling_fails():
     system = _mixture()
     flow = _poor_flow(system, std=[2.5, 0.3])
     exact = _right_mode_weight()
-    common = {"n": 3000, "seed": 0, "model": flow, "n_chains": 16, "warmup": 200, "local_steps": 1,
+    # 500 stored states per chain: the chains then agree (split R-hat about 1.03; with 190 per chain
+    # it scatters around the 1.1 above which chain estimates are flagged)
+    common = {"n": 8000, "seed": 0, "model": flow, "n_chains": 16, "warmup": 200, "local_steps": 1,
               "local_step_size": 0.05, "progress": False}
     imh = bf.sample(system, sampler="imh", **common)
     isir = bf.sample(system, sampler="isir", n_proposals=4, **common)
     for samples in (imh, isir):
         meta = samples.metadata
         assert samples.correlated and not samples.is_weighted and not meta["normalized_proposal"]
-        assert set(np.unique(samples.chain)) == set(range(16)) and len(samples) == 3000
+        assert set(np.unique(samples.chain)) == set(range(16)) and len(samples) == 8000
         assert 0.05 < meta["global_acceptance_rate"] < 0.6, meta
         assert 0.4 < meta["local_acceptance_rate"] < 0.75, meta
         assert meta["local_step_sizes"] == meta["local_step_sizes_warmup_end"]  # frozen after warm-up
@@ -105,7 +107,7 @@ def test_flow_mcmc_recovers_mode_weight_where_importance_sampling_fails():
         assert estimate.reliable and "autocorrelation" in estimate.method
         assert abs(_z(estimate, exact)) < 3.0, (meta["sampler"], estimate, exact)
     # plain importance sampling with the same flow and at least the chains' energy evaluations
-    n_evaluations = (3000 + 200 * 16) * 2
+    n_evaluations = (8000 + 200 * 16) * 2
     weighted = bf.sample(system, sampler="flow", n=n_evaluations, seed=0, model=flow, progress=False)
     naive = bf.estimate.expectation(weighted, _right)
     assert _z(naive, exact) > 3.0, naive  # confidently wrong: the error bar misses the truth

@@ -143,6 +143,8 @@ REJECTED += [
     ("fp-is", {"defensive": 1.0}, "defensive", OptionError),
     ("fp-is", {"defensive": -0.1}, "defensive", OptionError),
     ("fp-is", {"defensive_scale": 0.5}, "defensive_scale", OptionError),
+    ("snf", {"defensive": 1.0}, "defensive", OptionError),
+    ("snf", {"defensive_scale": 0.5}, "defensive_scale", OptionError),
     ("fp-is", {"step_noise": "inf"}, "step_noise", OptionError),
     ("fp-is", {"estimator": "jacobian"}, "estimator", OptionError),
     ("fp-is", {"estimator": 1}, "estimator", OptionError),

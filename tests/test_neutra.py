@@ -201,7 +201,9 @@ def test_neutra_on_torus_times_line_matches_quadrature(kernel, options):
     with torch.no_grad():  # the flow is visibly nonlinear: its log-Jacobian varies
         _, logdet = flow.bijection.forward(flow.base.sample(500, torch.Generator().manual_seed(2)))
     assert logdet.std() > 0.3
-    samples = bf.sample(system, sampler="neutra", n=4800, seed=4, model=flow, n_chains=32, warmup=150,
+    # 4000 stored states per chain: the chains must cross the barrier often enough to agree (split
+    # R-hat 1.08 here; with 150 per chain it is 1.9 and every estimate is flagged unreliable)
+    samples = bf.sample(system, sampler="neutra", n=64_000, seed=4, model=flow, n_chains=16, warmup=300,
                         kernel=kernel, progress=False, **options)
     meta = samples.metadata
     assert meta["kernel"] == kernel and meta["n_circular"] == 1 and meta["periodicity_check"] <= 1.0

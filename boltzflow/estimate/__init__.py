@@ -17,7 +17,8 @@ from .pareto import pareto_k, pareto_k_threshold, psis_log_weights
 from .profile import FreeEnergyProfile, free_energy_profile
 from .report import format_table, summarize
 from .result import Estimate, HeavyTailedWeightsWarning, LowESSWarning
-from .uncertainty import bootstrap_error, estimate_error, multichain_ess, statistical_inefficiency
+from .uncertainty import (MAX_R_HAT, bootstrap_error, estimate_error, multichain_ess, split_r_hat,
+                          statistical_inefficiency)
 from .weights import ess, normalized_log_weights, relative_ess
 
 __all__ = [
@@ -25,6 +26,7 @@ __all__ = [
     "FreeEnergyProfile",
     "HeavyTailedWeightsWarning",
     "LowESSWarning",
+    "MAX_R_HAT",
     "bar",
     "bootstrap_error",
     "check_samples",
@@ -46,6 +48,7 @@ __all__ = [
     "psis_log_weights",
     "r_hat",
     "relative_ess",
+    "split_r_hat",
     "statistical_inefficiency",
     "summarize",
 ]

@@ -15,7 +15,7 @@ import numpy as np
 
 from ..samples import SampleSet
 from ._observables import Observable, observable_values
-from .uncertainty import statistical_inefficiency
+from .uncertainty import split_r_hat, statistical_inefficiency
 
 
 def _series(samples: SampleSet, f: Observable) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -61,11 +61,13 @@ def integrated_autocorrelation_time(samples: SampleSet, f: Observable) -> float:
 def r_hat(samples: SampleSet, f: Observable) -> float:
     """Split-R-hat (Gelman–Rubin, split chains as in Vehtari et al. 2021, without rank normalisation).
 
-    Each chain (in time order) is cut into two halves of equal length (all chains are truncated
-    to the shortest one); with ``m`` half-chains of length ``n``, within-chain variance ``W``
-    (mean of the half-chain variances) and between-chain variance ``B = n · var(half-chain means)``,
-    ``R̂ = sqrt(((n − 1)/n · W + B/n) / W)``. Values near 1 (below about 1.01–1.05) say the chains
-    agree; chains stuck in different states give ``R̂ ≫ 1``.
+    :func:`~boltzflow.estimate.uncertainty.split_r_hat` of the observable's values: each chain (in
+    time order, all truncated to the shortest one) is cut into two halves; with ``m`` half-chains
+    of length ``n``, within-chain variance ``W`` (mean of the half-chain variances) and
+    between-chain variance ``B = n · var(half-chain means)``, ``R̂ = sqrt(((n − 1)/n · W + B/n) / W)``.
+    Values near 1 say the chains agree; chains stuck in different states give ``R̂ ≫ 1``. Above
+    :data:`~boltzflow.estimate.uncertainty.MAX_R_HAT` (1.1) the chains' estimates are flagged
+    unreliable.
 
     Parameters
     ----------
@@ -78,30 +80,11 @@ def r_hat(samples: SampleSet, f: Observable) -> float:
     Returns
     -------
     float
-        ``nan`` with fewer than 4 values per chain; ``1.0`` when every value is equal; ``inf``
-        when each half-chain is constant but their values differ.
+        ``nan`` when no chain has 4 values (shorter chains are left out); ``1.0`` when every value
+        is equal; ``inf`` when each half-chain is constant but their values differ.
     """
     values, chain, time = _series(samples, f)
-    halves = []
-    labels = np.unique(chain)
-    lengths = [int(np.count_nonzero(chain == c)) for c in labels]
-    if not lengths:
-        return math.nan
-    length = min(lengths) // 2
-    if length < 2:
-        return math.nan
-    for c in labels:
-        rows = np.flatnonzero(chain == c)
-        rows = rows[np.argsort(time[rows], kind="stable")]
-        series = values[rows]
-        halves.append(series[:length])
-        halves.append(series[len(series) - length:])
-    halves = np.asarray(halves)  # (m, n)
-    within = float(halves.var(axis=1, ddof=1).mean())
-    between = length * float(halves.mean(axis=1).var(ddof=1))
-    if within == 0.0:
-        return 1.0 if between == 0.0 else math.inf
-    return math.sqrt(((length - 1) / length * within + between / length) / within)
+    return split_r_hat(values, chain, time)
 
 
 def move_fractions(samples: SampleSet) -> np.ndarray:

@@ -16,6 +16,7 @@ from .free_energy import free_energy_difference
 from .importance import expectation, log_partition_function
 from .pareto import flag_threshold, pareto_k
 from .result import Estimate, format_value_error, mark_unreliable
+from .uncertainty import MAX_R_HAT
 from .weights import ess, relative_ess
 
 MIN_MOVE_FRACTION = 0.01
@@ -51,7 +52,11 @@ def summarize(
     :data:`MIN_MOVE_FRACTION` of the stored steps do, or when some chains never move, every
     estimate is flagged unreliable with the reason (the recorded acceptance rate, if any, is
     quoted). An estimate whose value is the same on every sample of correlated chains is flagged
-    by the estimators themselves (its error bar would be 0).
+    by the estimators themselves (its error bar would be 0). Chains that have not converged are
+    caught too: when the split R̂ of ``u``, of any observable or of a state's indicator exceeds
+    :data:`~boltzflow.estimate.uncertainty.MAX_R_HAT` (1.1), every estimate is flagged — chains
+    that disagree about one quantity (a rarely crossed barrier) bias the others through it, even
+    when those others' own R̂ looks fine (each estimate is also flagged by its own R̂).
 
     Parameters
     ----------
@@ -147,6 +152,8 @@ def summarize(
         estimates["log_z"] = log_partition_function(samples, **options)
     unvisited = [name for name, count in counts.items() if count == 0]
     stuck = _stuck_chains(samples)
+    disagree = "" if stuck else _disagreeing_chains(samples, {"u": samples.energies, **(observables or {}),
+                                                             **dict(zip(("state A", "state B"), states or ()))})
     if stuck:  # the root cause: every other reason (no fluctuation, an unvisited state) follows from it
         estimates = {key: mark_unreliable(est, stuck) for key, est in estimates.items()}
         observed = {name: mark_unreliable(est, stuck) for name, est in observed.items()}
@@ -156,6 +163,9 @@ def summarize(
                    "visited neither, so no estimate of this run includes their contribution")
         estimates = {key: _flag(est, problem) for key, est in estimates.items()}
         observed = {name: _flag(est, problem) for name, est in observed.items()}
+    if disagree:
+        estimates = {key: _flag(est, disagree) for key, est in estimates.items()}
+        observed = {name: _flag(est, disagree) for name, est in observed.items()}
     summary["mean_energy"] = estimates.pop("mean_energy").to_dict()
     summary["observables"] = {name: est.to_dict() for name, est in observed.items()}
     summary.update({key: est.to_dict() for key, est in estimates.items()})
@@ -198,6 +208,18 @@ def _stuck_chains(samples: SampleSet) -> str:
         return (f"{stuck} of {fractions.size} chains never move{recorded}: each repeats its first configuration, "
                 "which weighs in every estimate as if it had been sampled")
     return ""
+
+
+def _disagreeing_chains(samples: SampleSet, quantities: dict[str, Any]) -> str:
+    """Why unweighted correlated chains are not converged: the largest split R̂ above :data:`MAX_R_HAT`; empty if none."""
+    if not samples.correlated or samples.is_weighted:
+        return ""
+    values = {name: r_hat(samples, f) for name, f in quantities.items()}
+    name, worst = max(values.items(), key=lambda item: -math.inf if math.isnan(item[1]) else item[1])
+    if not worst > MAX_R_HAT:
+        return ""
+    return (f"the chains have not converged: split R-hat of {name} is {worst:.3g} (> {MAX_R_HAT}), so they disagree "
+            "about part of the distribution, and every estimate of this run may miss it")
 
 
 def _flag(estimate: Estimate, problem: str) -> Estimate:

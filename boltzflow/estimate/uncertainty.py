@@ -22,8 +22,11 @@ mean's standard error is the estimate's standard error. :func:`estimate_error` t
   ``1 - W / var+`` up to the longest lag, and the error tends to the spread of the chain means,
   ``SE^2 ~ var(chain means) / C``: no separate test of that spread is needed, and it works with
   any number of chains, a single chain included (its two halves). ``g`` is floored at 1 (an
-  antithetic ESS above ``n`` is not credited). No error bar can see a state no chain has visited
-  (see :func:`~boltzflow.estimate.summarize`).
+  antithetic ESS above ``n`` is not credited). That ESS is itself estimated from the chains, and
+  when they disagree — split-R̂ of the influence series above :data:`MAX_R_HAT` (1.1,
+  :func:`split_r_hat`) — it rests on a few transitions and so does the error bar: the estimate is
+  then flagged (``Uncertainty.problem``). No error bar can see a state no chain has visited (see
+  :func:`~boltzflow.estimate.summarize`).
 * weighted correlated samples in at least 2 chains: SMC replicas (``chain`` = independent replica,
   ``time`` = initial ancestor; the final weights carry each replica's evidence). Particles of one
   replica share ancestors, and after many resamplings a replica may descend from a handful of
@@ -66,6 +69,23 @@ MIN_EFFECTIVE_CHAINS = 2.0
 CONSTANT_CHAINS = ("the same value on every sample of correlated chains: with no fluctuation their "
                    "autocorrelation cannot be measured, so the error bar of 0 is no error bar (did the chains move?)")
 """Why an estimate from correlated chains whose values never change is flagged (its ESS is set to 1)."""
+
+MAX_R_HAT = 1.1
+"""Largest split-R̂ (:func:`split_r_hat`) of an estimator's influence series at which correlated chains' error is trusted.
+
+The multi-chain ESS behind a chain error (:func:`multichain_ess`) is itself an estimate, from the
+chains' fluctuations and the spread of their means; when the chains disagree — few crossings of a
+barrier, or starts not yet forgotten — that spread rests on a handful of events, and the error
+bar is as noisy as the estimate (on the four-well calibration target, HMC chains that crossed the
+12 kT barrier a few times had R̂ 1.2–4 and ⟨a⟩ 1.4 σ off on average). Vehtari et al. (2021)
+trust R̂ and the ESS-based Monte Carlo error only when R̂ < 1.01 and the bulk ESS exceeds 100 per
+chain; since ``R̂² − 1 ≈ 1 / ESS`` per half-chain, the two ask for the same thing. That is too
+strict for many short chains (16 chains of 125–250 stored samples: an honest error needs the
+total ESS, not 100 per chain), so the classic bound of Gelman & Rubin (1992) / Brooks & Gelman
+(1998), 1.1 — about 10 effective samples per chain — is used: the chains have then each forgotten
+their start and sampled the quantity's fluctuations several times over, which the calibration
+benchmark finds enough for honest error bars.
+"""
 
 ERROR_METHODS = ("analytic", "bootstrap")
 """Error methods of independent samples: delta method (influence series) or bootstrap."""
@@ -191,15 +211,71 @@ def statistical_inefficiency(
     >>> bool(abs(g - 19) < 2)
     True
     """
+    draws = _equal_chains(series, chain, time)
+    if draws is None:
+        return 1.0
+    return max(1.0, draws.size / multichain_ess(draws))
+
+
+def _equal_chains(series: np.ndarray, chain: np.ndarray | None, time: np.ndarray | None) -> np.ndarray | None:
+    """``(n_chains, 2 h)`` array: each chain in time order cut to its first and last ``h = n_min // 2`` values.
+
+    Chains of fewer than 4 values are left out; ``None`` when none is left.
+    """
     series = np.asarray(series, dtype=np.float64).reshape(-1)
     chain = np.zeros(series.size, dtype=np.int64) if chain is None else np.asarray(chain)
     order = np.lexsort((np.arange(series.size) if time is None else time, chain))
     chains = [c for c in np.split(series[order], np.flatnonzero(np.diff(chain[order])) + 1) if c.size >= 4]
     if not chains:
-        return 1.0
+        return None
     half = min(c.size for c in chains) // 2
-    draws = np.stack([np.concatenate([c[:half], c[c.size - half :]]) for c in chains])
-    return max(1.0, draws.size / multichain_ess(draws))
+    return np.stack([np.concatenate([c[:half], c[c.size - half :]]) for c in chains])
+
+
+def split_r_hat(series: np.ndarray, chain: np.ndarray | None = None, time: np.ndarray | None = None) -> float:
+    """Split-R̂ of a (multi-chain) time series (Gelman–Rubin on split chains, Vehtari et al. 2021, no ranks).
+
+    Each chain (in time order, cut to the shortest as in :func:`statistical_inefficiency`) is split
+    into two halves; with ``M`` half-chains of length ``m``, ``W`` the mean half-chain variance and
+    ``B / m`` the variance of the half-chain means, ``R̂ = sqrt(((m − 1)/m · W + B/m) / W)``. For
+    chains that sample one distribution ``R̂² − 1 ≈ 1 / ESS_h`` (``ESS_h`` the effective samples
+    per half-chain), so ``R̂ ≤`` :data:`MAX_R_HAT` ``= 1.1`` asks for about 5 effective samples per
+    half-chain, 10 per chain.
+
+    Parameters
+    ----------
+    series : np.ndarray
+        ``(N,)`` values in stored order.
+    chain : np.ndarray, optional
+        ``(N,)`` chain index (one chain if None: its two halves are compared).
+    time : np.ndarray, optional
+        ``(N,)`` time of each value; a chain's values are put in time order first.
+
+    Returns
+    -------
+    float
+        ``nan`` when no chain has 4 values; ``1.0`` when every value is equal; ``inf`` when each
+        half-chain is constant but their values differ.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> round(split_r_hat(rng.normal(size=4000), np.repeat(np.arange(4), 1000)), 2)  # mixed chains
+    1.0
+    >>> stuck = rng.normal(size=4000) + np.repeat([0.0, 0.0, 3.0, 3.0], 1000)  # two chains in another place
+    >>> bool(split_r_hat(stuck, np.repeat(np.arange(4), 1000)) > 1.5)
+    True
+    """
+    draws = _equal_chains(series, chain, time)
+    if draws is None:
+        return math.nan
+    half = draws.shape[1] // 2
+    halves = np.concatenate([draws[:, :half], draws[:, half:]])
+    within = float(halves.var(axis=1, ddof=1).mean())
+    between = half * float(halves.mean(axis=1).var(ddof=1))
+    if within == 0.0:
+        return 1.0 if between == 0.0 else math.inf
+    return math.sqrt(((half - 1) / half * within + between / half) / within)
 
 
 def _chain_weight_shares(samples: SampleSet) -> np.ndarray:
@@ -321,7 +397,8 @@ def estimate_error(
     Uncertainty
         For unweighted correlated samples whose influence series is constant (every chain gives
         the same value), the error is 0, the inefficiency ``n`` (one effective sample: the chains
-        may never have moved) and ``problem`` says so (:data:`CONSTANT_CHAINS`).
+        may never have moved) and ``problem`` says so (:data:`CONSTANT_CHAINS`); when the split-R̂
+        of their influence series exceeds :data:`MAX_R_HAT`, ``problem`` says the chains disagree.
 
     Examples
     --------
@@ -348,7 +425,11 @@ def estimate_error(
                                CONSTANT_CHAINS)
         g = statistical_inefficiency(influence, samples.chain, samples.time)
         se = math.sqrt(float(np.var(influence, ddof=1)) * g / n)
-        return Uncertainty(se, g, f"autocorrelation of {n_chains} split chains (g={g:.3g})")
+        r_hat = split_r_hat(influence, samples.chain, samples.time)
+        problem = (f"the chains disagree (split R-hat {r_hat:.3g} > {MAX_R_HAT}): the effective sample size "
+                   "behind the error bar rests on too few transitions to be trusted" if r_hat > MAX_R_HAT else "")
+        return Uncertainty(se, g, f"autocorrelation of {n_chains} split chains (g={g:.3g}, R-hat {r_hat:.3g})",
+                           problem)
     if error == "bootstrap":
         se = bootstrap_error(statistic, n, n_bootstrap=n_bootstrap, seed=seed)
         return Uncertainty(se, 1.0, f"bootstrap ({n_bootstrap})")

@@ -5,7 +5,7 @@ from .base import Bijection, Compose, Inverse
 from .continuous import ContinuousFlow, build_continuous_flow, load_continuous_flow, save_continuous_flow
 from .continuous_training import train_continuous_flow, train_sigma_f
 from .coupling import AffineCoupling, SplineCoupling, alternating_masks
-from .distributions import BaseDistribution, FlowDistribution
+from .distributions import BaseDistribution, DefensiveLatent, FlowDistribution
 from .internal_coordinates import InternalCoordinates
 from .models import ModelFileError, build_flow, load_model, save_model
 from .nets import MLP
@@ -23,6 +23,7 @@ __all__ = [
     "BaseDistribution",
     "Bijection",
     "Compose",
+    "DefensiveLatent",
     "FlowDistribution",
     "InternalCoordinates",
     "Inverse",

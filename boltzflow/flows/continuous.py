@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -286,65 +285,6 @@ class ContinuousFlow(nn.Module):
         return self.sigma_f(self.standardize(y))
 
 
-@dataclass(frozen=True)
-class DefensiveLatent:
-    """A defensive latent for importance sampling: ``(1 − a)·N(0, I) + a·N(0, c² I)`` (Hesterberg 1995).
-
-    A flow that is narrower than its target gives weights with a heavy tail where it rarely samples;
-    drawing a fraction ``a`` of the latents from a wider normal and weighting with the mixture's
-    density keeps the weights exact (unbiased) and bounds them by ``p / (a q_c)`` wherever the widened
-    flow covers the target. ``fraction = 0`` is the plain latent.
-
-    Parameters
-    ----------
-    fraction : float
-        ``a`` in ``[0, 1)``.
-    scale : float
-        ``c >= 1``.
-
-    Examples
-    --------
-    >>> latent = DefensiveLatent(0.1, 1.5)
-    >>> z = latent.sample_numpy(np.random.default_rng(0), 200_000, 2)
-    >>> bool(abs(np.mean(z[:, 0] ** 2) - (0.9 + 0.1 * 1.5**2)) < 0.02)
-    True
-    """
-
-    fraction: float = 0.0
-    scale: float = 1.5
-
-    def __post_init__(self) -> None:
-        if not 0.0 <= self.fraction < 1.0:
-            raise ValueError(f"the defensive fraction must be in [0, 1), got {self.fraction}")
-        if not self.scale >= 1.0:
-            raise ValueError(f"the defensive scale must be >= 1, got {self.scale}")
-
-    def sample_numpy(self, rng: np.random.Generator, n: int, dim: int) -> np.ndarray:
-        """``(n, dim)`` latents from the mixture (numpy)."""
-        z = rng.standard_normal((n, dim))
-        if self.fraction > 0:
-            z[rng.random(n) < self.fraction] *= self.scale
-        return z
-
-    def sample_torch(self, flow: ContinuousFlow, n: int, generator: torch.Generator | None) -> torch.Tensor:
-        """``(n, d)`` latents of ``flow`` from the mixture (torch, the flow's dtype and device)."""
-        z = flow.sample_latent(n, generator)
-        if self.fraction > 0:
-            wide = torch.rand(n, generator=generator, dtype=z.dtype, device=z.device) < self.fraction
-            z = torch.where(wide[:, None], self.scale * z, z)
-        return z
-
-    def log_prob(self, z: torch.Tensor) -> torch.Tensor:
-        """``log`` of the mixture density at ``z (B, d)``."""
-        d = z.shape[-1]
-        r2 = (z * z).sum(-1)
-        narrow = -0.5 * r2 - 0.5 * d * math.log(2 * math.pi)
-        if self.fraction == 0:
-            return narrow
-        wide = -0.5 * r2 / self.scale**2 - 0.5 * d * math.log(2 * math.pi * self.scale**2)
-        return torch.logaddexp(math.log1p(-self.fraction) + narrow, math.log(self.fraction) + wide)
-
-
 def particle_layout(system: System) -> tuple[int, int] | None:
     """``(n_particles, n_dims)`` of a translation-invariant system: ``system.particles``, or its atoms."""
     if system.particles is not None:
@@ -549,6 +489,6 @@ def load_continuous_flow(path: str | Path, system: System) -> ContinuousFlow:
 
 
 __all__ = [
-    "ContinuousFlow", "DefensiveLatent", "SigmaF", "VelocityField", "build_continuous_flow", "configurations", "load_continuous_flow",
+    "ContinuousFlow", "SigmaF", "VelocityField", "build_continuous_flow", "configurations", "load_continuous_flow",
     "particle_layout", "rotate_frames", "save_continuous_flow",
 ]

@@ -4,12 +4,21 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
 
 from .base import Bijection
 from .coupling import _circular_mask, _per_feature
+
+DEFENSIVE_FRACTION, DEFENSIVE_SCALE = 0.1, 1.5
+"""Default defensive mixture of the independent samplers of a trained proposal (snf, cnf-exact, fp-is): 10 % of
+the latents from ``N(0, 1.5² I)``. Chosen by the calibration benchmark (40 seeds, README "Calibration"): on a
+flow-matching flow narrower than its target it cuts the runs flagged for heavy tails from 18 % to 3 % and brings
+the unflagged estimates within (fp-is) or to the edge of (cnf-exact) the goal; it costs at most a fraction ``a`` of
+the ESS of a perfect proposal (4 % in 10 D)."""
 
 
 class BaseDistribution(nn.Module):
@@ -95,3 +104,75 @@ class FlowDistribution(nn.Module):
         """``log q(x)`` of ``x (B, D)``, shape ``(B,)``, computed through the inverse map."""
         z, logdet = self.bijection.inverse(x.to(self.base.dtype))
         return self.base.log_prob(z) + logdet
+
+
+@dataclass(frozen=True)
+class DefensiveLatent:
+    """A defensive latent for importance sampling: ``(1 − a)·N(0, I) + a·N(0, c² I)`` (Hesterberg 1995).
+
+    A proposal that is narrower than its target gives weights with a heavy tail where it rarely
+    samples; drawing a fraction ``a`` of the latents from a wider normal and weighting with the
+    mixture's density keeps the weights exact (unbiased) and bounds them by ``p / (a q_c)`` wherever
+    the widened proposal covers the target. ``fraction = 0`` (the class default) is the plain
+    standard normal latent; the samplers' default is ``DEFENSIVE_FRACTION``.
+    Used by the continuous-flow samplers (``cnf-exact``, ``fp-is``) and the SNF sampler (``snf``,
+    on the base's normal features).
+
+    Parameters
+    ----------
+    fraction : float
+        ``a`` in ``[0, 1)``.
+    scale : float
+        ``c >= 1``.
+
+    Examples
+    --------
+    >>> latent = DefensiveLatent(0.1, 1.5)
+    >>> z = latent.sample_numpy(np.random.default_rng(0), 200_000, 2)
+    >>> bool(abs(np.mean(z[:, 0] ** 2) - (0.9 + 0.1 * 1.5**2)) < 0.02)
+    True
+    >>> g = torch.Generator().manual_seed(0)
+    >>> zt = latent.widen(torch.randn(200_000, 2, dtype=torch.float64, generator=g), g)
+    >>> ratio = (DefensiveLatent(0.0).log_prob(zt) - latent.log_prob(zt)).exp()  # N(0, I) / mixture
+    >>> bool(abs(ratio.mean().item() - 1) < 0.01)
+    True
+    """
+
+    fraction: float = 0.0
+    scale: float = DEFENSIVE_SCALE
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.fraction < 1.0:
+            raise ValueError(f"the defensive fraction must be in [0, 1), got {self.fraction}")
+        if not self.scale >= 1.0:
+            raise ValueError(f"the defensive scale must be >= 1, got {self.scale}")
+
+    def sample_numpy(self, rng: np.random.Generator, n: int, dim: int) -> np.ndarray:
+        """``(n, dim)`` latents from the mixture (numpy)."""
+        z = rng.standard_normal((n, dim))
+        if self.fraction > 0:
+            z[rng.random(n) < self.fraction] *= self.scale
+        return z
+
+    def widen(self, z: torch.Tensor, generator: torch.Generator | None = None,
+              features: torch.Tensor | None = None) -> torch.Tensor:
+        """Mixture draws from standard normal ``z (n, d)``: each row widened by ``c`` with probability ``a``.
+
+        ``features`` (a bool mask of length ``d``) restricts the widening to those columns (the normal
+        features of a base with circular ones); a row is chosen with one draw of ``generator``.
+        """
+        if self.fraction == 0:
+            return z
+        wide = torch.rand(z.shape[0], generator=generator, dtype=z.dtype, device=z.device) < self.fraction
+        rows = wide[:, None] if features is None else wide[:, None] & features.to(z.device)
+        return torch.where(rows, self.scale * z, z)
+
+    def log_prob(self, z: torch.Tensor) -> torch.Tensor:
+        """``log`` of the mixture density at ``z (B, d)``."""
+        d = z.shape[-1]
+        r2 = (z * z).sum(-1)
+        narrow = -0.5 * r2 - 0.5 * d * math.log(2 * math.pi)
+        if self.fraction == 0:
+            return narrow
+        wide = -0.5 * r2 / self.scale**2 - 0.5 * d * math.log(2 * math.pi * self.scale**2)
+        return torch.logaddexp(math.log1p(-self.fraction) + narrow, math.log(self.fraction) + wide)

@@ -64,7 +64,7 @@ from ..io import InterruptGuard
 from ..systems.system import System
 from .base import Bijection
 from .coupling import AffineCoupling, SplineCoupling, alternating_masks
-from .distributions import BaseDistribution
+from .distributions import BaseDistribution, DefensiveLatent
 from .models import _FORMAT as _FLOW_FORMAT
 from .models import KINDS, ModelFileError
 from .training import _load_checkpoint, _restore_checkpoint, _save_checkpoint, cut_energy
@@ -327,7 +327,8 @@ class SNF(nn.Module):
         return self.base.dim
 
     def forward(  # type: ignore[override]
-        self, n: int, generator: torch.Generator | None = None, evaluate_target: bool = True
+        self, n: int, generator: torch.Generator | None = None, evaluate_target: bool = True,
+        latent: DefensiveLatent | None = None,
     ) -> SNFOutput:
         """Draw ``n`` paths ``z → x``; differentiable in the parameters (reparameterised noise).
 
@@ -339,6 +340,10 @@ class SNF(nn.Module):
             Random source (base samples and all block noise).
         evaluate_target : bool
             Also evaluate ``u_X(x)`` with the SNF's target.
+        latent : DefensiveLatent, optional
+            Draw the base's normal features from this defensive mixture instead (circular features
+            stay uniform); ``log_prob_base`` is then the mixture's density, so the path weights stay
+            exact. Default: the base itself.
 
         Returns
         -------
@@ -346,6 +351,11 @@ class SNF(nn.Module):
         """
         z = self.base.sample(n, generator)
         log_prob_base = self.base.log_prob(z)
+        if latent is not None and latent.fraction > 0:
+            linear = ~self.base.circular
+            z = latent.widen(z, generator, linear)
+            log_prob_base = (self.base.log_prob(z) - DefensiveLatent().log_prob(z[:, linear])
+                             + latent.log_prob(z[:, linear]))
         x = z
         delta_s = torch.zeros(n, dtype=z.dtype, device=z.device)
         for layer in self.layers:
@@ -360,9 +370,14 @@ class SNF(nn.Module):
             u = torch.where(torch.isnan(u), torch.full_like(u, math.inf), u)
         return SNFOutput(x, z, log_prob_base, delta_s, u)
 
-    def sample(self, n: int, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """``n`` end points and their ``log q_path = log p_Z(z) − Σ ΔS`` (weights: ``−u − log q_path``)."""
-        out = self.forward(n, generator, evaluate_target=False)
+    def sample(
+        self, n: int, generator: torch.Generator | None = None, latent: DefensiveLatent | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``n`` end points and their ``log q_path = log p_Z(z) − Σ ΔS`` (weights: ``−u − log q_path``).
+
+        ``latent``: an optional defensive mixture for the base's normal features (see :meth:`forward`).
+        """
+        out = self.forward(n, generator, evaluate_target=False, latent=latent)
         return out.x, out.log_q_path
 
     def acceptance_rates(self) -> list[float]:
