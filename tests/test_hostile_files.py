@@ -32,7 +32,7 @@ from boltzflow.flows.continuous_training import train_continuous_flow
 from boltzflow.flows.lfep import build_temperature_map, load_lfep, save_lfep
 from boltzflow.flows.models import ModelFileError
 from boltzflow.flows.rigid import RigidBodySpec, random_uniform
-from boltzflow.flows.rigid.rigid_coordinates import RigidBodyCoordinates
+from boltzflow.geometry.rigid_bodies import RigidBodyCoordinates
 from boltzflow.flows.snf import build_snf, load_snf, save_snf, train_snf
 from boltzflow.flows.training import TrainingCheckpointError, train
 from boltzflow.integrity import ENVELOPE, UnverifiedFileWarning, payload_digest, read_torch, write_torch

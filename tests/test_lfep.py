@@ -13,7 +13,7 @@ from scipy import stats
 from boltzflow.flows.lfep import build_temperature_map, evaluate_lfep, load_lfep, save_lfep, train_lfep
 from boltzflow.flows.rigid import RigidBodySpec, random_uniform
 from boltzflow.flows.rigid.lattice import LatticeChart
-from boltzflow.flows.rigid.rigid_coordinates import RigidBodyCoordinates
+from boltzflow.geometry.rigid_bodies import RigidBodyCoordinates
 
 # a TIP4P-like molecule (3 real sites and a virtual one) on 4 sites of a cubic box
 REFERENCE = np.array([[0.0, 0.0, -0.0065], [0.0757, 0.0, 0.052], [-0.0757, 0.0, 0.052], [0.0, 0.0, 0.0060]])

@@ -21,6 +21,7 @@ import torch
 
 from boltzflow.energy.base import EnergyShapeError
 from boltzflow.energy.openmm_bridge import OpenMMEnergy, available_platforms, n_cores, select_platform
+from boltzflow.energy.units import R_KJ_PER_MOL_K
 from boltzflow.systems.openmm_builder import build_openmm_system
 
 SYSTEMS = Path(__file__).resolve().parents[1] / "systems"
@@ -93,6 +94,10 @@ def alive(pid: int) -> bool:
         return "\tZ" not in Path(f"/proc/{pid}/status").read_text().split("State:")[1].split("\n")[0]
     except (FileNotFoundError, IndexError):
         return False
+
+
+def test_gas_constant_is_openmms():
+    assert R_KJ_PER_MOL_K == unit.MOLAR_GAS_CONSTANT_R.value_in_unit(unit.kilojoule_per_mole / unit.kelvin)
 
 
 # ---------------------------------------------------------------------- system construction

@@ -29,9 +29,7 @@ import openmm.unit as unit
 
 from .base import Energy
 from .openmm_worker import ContextEvaluator, create_context, worker_main
-
-R_KJ_PER_MOL_K: float = unit.MOLAR_GAS_CONSTANT_R.value_in_unit(unit.kilojoule_per_mole / unit.kelvin)
-"""Molar gas constant ``k_B N_A`` in kJ/mol/K."""
+from .units import R_KJ_PER_MOL_K
 
 PLATFORMS = ("Reference", "CPU", "CUDA", "OpenCL")
 """Platform names accepted by :class:`OpenMMEnergy` besides ``"auto"``."""

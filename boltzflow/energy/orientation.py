@@ -31,32 +31,16 @@ import numpy as np
 import torch
 from scipy.special import ive
 
+from ..geometry.quaternions import canonical_sign, horn_matrix, to_matrix
 from .base import Energy
 
 
-def _horn_matrix(reference: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """Horn's symmetric 4×4 matrix of the centred pair (reference ``(n, 3)``, batch ``(B, n, 3)``)."""
-    s = torch.einsum("ia,nic->nac", reference, x)  # S_ac = Σ_i r_ia x_ic
-    sxx, sxy, sxz = s[:, 0, 0], s[:, 0, 1], s[:, 0, 2]
-    syx, syy, syz = s[:, 1, 0], s[:, 1, 1], s[:, 1, 2]
-    szx, szy, szz = s[:, 2, 0], s[:, 2, 1], s[:, 2, 2]
-    rows = [
-        [sxx + syy + szz, syz - szy, szx - sxz, sxy - syx],
-        [syz - szy, sxx - syy - szz, sxy + syx, szx + sxz],
-        [szx - sxz, sxy + syx, -sxx + syy - szz, syz + szy],
-        [sxy - syx, szx + sxz, syz + szy, -sxx - syy + szz],
-    ]
-    return torch.stack([torch.stack(r, -1) for r in rows], -2)
-
-
 def quaternion_to_matrix(q: np.ndarray) -> np.ndarray:
-    """Rotation matrices ``(B, 3, 3)`` of unit quaternions ``(B, 4)`` ordered ``(w, x, y, z)``."""
-    w, x, y, z = np.moveaxis(np.asarray(q, dtype=np.float64), -1, 0)
-    return np.stack([
-        np.stack([1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)], -1),
-        np.stack([2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)], -1),
-        np.stack([2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)], -1),
-    ], -2)
+    """Rotation matrices ``(B, 3, 3)`` of unit quaternions ``(B, 4)`` ordered ``(w, x, y, z)`` (numpy in, numpy out).
+
+    A numpy view of :func:`boltzflow.geometry.quaternions.to_matrix`.
+    """
+    return to_matrix(torch.as_tensor(np.asarray(q, dtype=np.float64))).numpy()
 
 
 class OrientationPrior(Energy):
@@ -96,9 +80,9 @@ class OrientationPrior(Energy):
         """Unit quaternions ``(B, 4)`` (w ≥ 0) of ``R(x)`` for a batch ``(B, D)``."""
         pos = x.reshape(-1, self.n_atoms, 3)[:, self.atoms]
         pos = pos - pos.mean(1, keepdim=True)
-        _, vectors = torch.linalg.eigh(_horn_matrix(torch.as_tensor(self.reference, dtype=x.dtype), pos))
-        q = vectors[..., -1]
-        return q * torch.where(q[:, :1] < 0, -1.0, 1.0)
+        s = torch.einsum("ia,nic->nac", torch.as_tensor(self.reference, dtype=x.dtype), pos)  # S_ac = Σ r_ia x_ic
+        _, vectors = torch.linalg.eigh(horn_matrix(s))
+        return canonical_sign(vectors[..., -1])
 
     def cos_angle(self, x: np.ndarray) -> np.ndarray:
         """``cos θ(x)`` of a batch ``(B, D)`` or ``(B, n_atoms, 3)``."""

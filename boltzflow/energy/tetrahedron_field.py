@@ -36,9 +36,7 @@ from numba import njit, prange
 
 from .base import Energy
 from .particles import FASTMATH, call_kernel, check_finite
-
-R_KJ_PER_MOL_K = 8.31446261815324e-3
-"""Molar gas constant in kJ/(mol K), OpenMM's value (so kT matches the OpenMM systems)."""
+from .units import R_KJ_PER_MOL_K
 
 
 def tetrahedron_sites(bond: float) -> np.ndarray:

@@ -41,18 +41,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..integrity import read_torch, write_torch
 from ..samples import SampleSet
 from ..systems.system import System
 from .augmentation import random_rotations
 from .centre_of_mass import CentreOfMassFree
 from .internal_coordinates import InternalCoordinates
-from .models import ModelFileError
+from .model_file import ModelFileError, load_model_file, load_state, save_model_file
 from .nets import MLP
 from .ode import Divergence, rk4, rk4_with_divergence
-
-_FORMAT = "boltzflow-continuous-flow"
-_FORMAT_VERSION = 1
 
 
 class VelocityField(nn.Module):
@@ -433,12 +429,7 @@ def save_continuous_flow(
     for name, value in flow.state_dict().items():
         value = value.detach().cpu()
         state[name] = value.to(parameter_dtype) if name in parameters and value.is_floating_point() else value
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {"format": _FORMAT, "version": _FORMAT_VERSION, "config": flow.config,
-               "metadata": dict(metadata or {}), "state_dict": state}
-    write_torch(path, payload)
-    return path
+    return save_model_file(path, "continuous", flow.config, state, metadata)
 
 
 def load_continuous_flow(path: str | Path, system: System) -> ContinuousFlow:
@@ -457,18 +448,7 @@ def load_continuous_flow(path: str | Path, system: System) -> ContinuousFlow:
     boltzflow.integrity.UnverifiedFileWarning
         For a model file written before checksums were stored.
     """
-    path = Path(path)
-    payload = read_torch(path, "model file", "re-train or re-download it", error=ModelFileError)
-    if not isinstance(payload, dict) or payload.get("format") != _FORMAT:
-        found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
-        raise ModelFileError(f"{path} is not a boltzflow continuous-flow model (found {found!r}; train one with "
-                             "`boltzflow train-cnf`)")
-    if payload.get("version") != _FORMAT_VERSION:
-        raise ModelFileError(f"model file {path} has format version {payload.get('version')}, expected {_FORMAT_VERSION}")
-    missing = [key for key in ("config", "metadata", "state_dict") if key not in payload]
-    if missing:
-        raise ModelFileError(f"model file {path} is incomplete (no {', '.join(missing)}); re-train or re-download it")
-    config = payload["config"]
+    config, state, metadata = load_model_file(path, "continuous")
     layout = particle_layout(system)
     if config.get("dim") != system.dim or (config.get("particles") is not None
                                            and tuple(config["particles"]) != layout):
@@ -476,14 +456,11 @@ def load_continuous_flow(path: str | Path, system: System) -> ContinuousFlow:
             f"model {path} was trained for a system of dimension {config.get('dim')} (particles "
             f"{config.get('particles')}), not for '{system.name}' (dimension {system.dim}, particles {layout})"
         )
-    try:
-        flow = _from_config(config, system)
-        flow.load_state_dict({k: v.to(torch.float64) if v.is_floating_point() else v
-                              for k, v in payload["state_dict"].items()})
-    except (RuntimeError, KeyError, TypeError, ValueError) as err:
-        raise ModelFileError(f"model file {path} does not match its configuration: {err}") from None
+    state = {k: v.to(torch.float64) if isinstance(v, torch.Tensor) and v.is_floating_point() else v
+             for k, v in state.items()}
+    flow = load_state(lambda: _from_config(config, system), state, path, "continuous")
     flow.config = config
-    flow.metadata = payload["metadata"]
+    flow.metadata = metadata
     flow.eval()
     return flow
 

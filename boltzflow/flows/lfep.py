@@ -36,14 +36,11 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..integrity import read_torch, write_torch
+from ..geometry.rigid_bodies import RigidBodySpec
 from .coupling import AffineCoupling, SplineCoupling
-from .models import ModelFileError
+from .model_file import ModelFileError, load_model_file, load_state, save_model_file
 from .rigid.lattice import LatticeChart
-from .rigid.rigid_coordinates import RigidBodySpec
 from .training import relative_ess
-
-_FORMAT, _FORMAT_VERSION = "boltzflow-lfep", 1
 
 
 class TemperatureMap(nn.Module):
@@ -179,12 +176,7 @@ def save_lfep(flow: TemperatureMap, path: str | Path, metadata: dict[str, Any] |
     """Write an LFEP map (configuration, weights in float64, ``metadata``) atomically to ``path``."""
     if not hasattr(flow, "config"):
         raise ValueError("only maps made by build_temperature_map/load_lfep can be saved (they carry a config)")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {"format": _FORMAT, "version": _FORMAT_VERSION, "config": flow.config,
-               "metadata": dict(metadata or {}), "state_dict": flow.state_dict()}
-    write_torch(path, payload)
-    return path
+    return save_model_file(path, "lfep", flow.config, flow.state_dict(), metadata)
 
 
 def load_lfep(path: str | Path, spec: RigidBodySpec | None = None) -> TemperatureMap:
@@ -213,16 +205,7 @@ def load_lfep(path: str | Path, spec: RigidBodySpec | None = None) -> Temperatur
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"LFEP model file not found: {path}")
-    payload = read_torch(path, "LFEP model file", "re-train it", error=ModelFileError)  # never runs code
-    if not isinstance(payload, dict) or payload.get("format") != _FORMAT:
-        raise ModelFileError(f"{path} is not a boltzflow LFEP model file")
-    if payload.get("version") != _FORMAT_VERSION:
-        raise ModelFileError(
-            f"{path}: LFEP model format version {payload.get('version')}, expected {_FORMAT_VERSION}")
-    missing = [key for key in ("config", "metadata", "state_dict") if key not in payload]
-    if missing:
-        raise ModelFileError(f"LFEP model file {path} is incomplete (no {', '.join(missing)}); re-train it")
-    config, state = payload["config"], payload["state_dict"]
+    config, state, metadata = load_model_file(path, "lfep")  # never runs code
     if spec is not None:
         saved = RigidBodySpec.from_config(config["rigid"])
         same = (saved.reference.shape == spec.reference.shape and np.allclose(saved.reference, spec.reference)
@@ -231,12 +214,8 @@ def load_lfep(path: str | Path, spec: RigidBodySpec | None = None) -> Temperatur
         if not same:
             raise ModelFileError(
                 f"{path} was made for a different crystal (molecules, geometry or box) than this system")
-    try:
-        flow = _from_config(config, state["mean"], state["std"])
-        flow.load_state_dict(state)
-    except (RuntimeError, KeyError, TypeError, ValueError) as err:
-        raise ModelFileError(f"LFEP model file {path} does not match its configuration: {err}") from None
-    flow.metadata = payload["metadata"]
+    flow = load_state(lambda: _from_config(config, state["mean"], state["std"]), state, path, "lfep")
+    flow.metadata = metadata
     return flow
 
 

@@ -32,7 +32,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..integrity import read_torch, write_torch
 from ..samples import SampleSet
 from ..systems.system import System
 from .base import Bijection, Compose
@@ -40,16 +39,11 @@ from .coupling import AffineCoupling, SplineCoupling, alternating_masks
 from .distributions import BaseDistribution, FlowDistribution
 from .centre_of_mass import CentreOfMassFree
 from .internal_coordinates import InternalCoordinates
+from .model_file import ModelFileError, load_model_file, load_state, save_model_file
 from .planar_frame import OnFeatures, PlanarFrame
 from .rigid.model import KIND as RIGID_KIND, build_rigid_flow, rigid_config_mismatch, rigid_flow_from_config
 
-_FORMAT = "boltzflow-flow-model"
-_FORMAT_VERSION = 2
 KINDS = ("spline", "affine")
-
-
-class ModelFileError(ValueError):
-    """Raised for an unreadable, corrupted or mismatched model file."""
 
 
 class Standardize(Bijection):
@@ -283,14 +277,7 @@ def save_model(
     """
     if not hasattr(flow, "config"):
         raise ValueError("only flows made by build_flow/load_model can be saved (they carry a config)")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {
-        "format": _FORMAT, "version": _FORMAT_VERSION, "config": flow.config, "metadata": dict(metadata or {}),
-        "state_dict": _compact_state(flow, parameter_dtype),
-    }
-    write_torch(path, payload)
-    return path
+    return save_model_file(path, "flow", flow.config, _compact_state(flow, parameter_dtype), metadata)
 
 
 def load_model(path: str | Path, system: System) -> FlowDistribution:
@@ -320,18 +307,7 @@ def load_model(path: str | Path, system: System) -> FlowDistribution:
     boltzflow.integrity.UnverifiedFileWarning
         For a model file written before checksums were stored.
     """
-    path = Path(path)
-    payload = read_torch(path, "model file", "re-train or re-download it", error=ModelFileError)
-    if not isinstance(payload, dict) or payload.get("format") != _FORMAT:
-        raise ModelFileError(f"{path} is not a boltzflow flow model")
-    if payload.get("version") != _FORMAT_VERSION:
-        raise ModelFileError(
-            f"model file {path} has format version {payload.get('version')}, expected {_FORMAT_VERSION}"
-        )
-    missing = [key for key in ("config", "metadata", "state_dict") if key not in payload]
-    if missing:
-        raise ModelFileError(f"model file {path} is incomplete (no {', '.join(missing)}); re-train or re-download it")
-    config = payload["config"]
+    config, state, metadata = load_model_file(path, "flow")
     molecular = system.topology is not None
     if config.get("dim") != system.dim or config.get("molecular") != molecular:
         raise ModelFileError(
@@ -341,13 +317,9 @@ def load_model(path: str | Path, system: System) -> FlowDistribution:
     if (config.get("kind") == RIGID_KIND) != (system.rigid_bodies is not None) or (
             system.rigid_bodies is not None and rigid_config_mismatch(config, system.rigid_bodies)):
         raise ModelFileError(f"model {path} does not match the rigid-body structure of '{system.name}'")
-    flow = _from_config(config, system.topology)
-    try:
-        flow.load_state_dict(payload["state_dict"])
-    except (RuntimeError, KeyError) as err:
-        raise ModelFileError(f"model file {path} does not match its configuration: {err}") from None
+    flow = load_state(lambda: _from_config(config, system.topology), state, path, "flow")
     flow.config = config
-    flow.metadata = payload["metadata"]
+    flow.metadata = metadata
     return flow
 
 

@@ -59,18 +59,15 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..integrity import read_torch, write_torch
 from ..io import InterruptGuard
 from ..systems.system import System
 from .base import Bijection
 from .coupling import AffineCoupling, SplineCoupling, alternating_masks
 from .distributions import BaseDistribution, DefensiveLatent
-from .models import _FORMAT as _FLOW_FORMAT
-from .models import KINDS, ModelFileError
-from .training import _load_checkpoint, _restore_checkpoint, _save_checkpoint, cut_energy
+from .model_file import ModelFileError, load_model_file, load_state, save_model_file
+from .models import KINDS
+from .training import _load_checkpoint, _restore_checkpoint, _save_checkpoint, cut_energy, relative_ess
 
-_FORMAT = "boltzflow-snf-model"
-_FORMAT_VERSION = 1
 BLOCKS = ("metropolis", "langevin")
 
 TorchEnergy = Callable[[torch.Tensor], torch.Tensor]
@@ -429,12 +426,6 @@ class SNFTrainingHistory:
     n_dropped: list[int] = field(default_factory=list)
 
 
-def _relative_ess(log_w: torch.Tensor) -> float:
-    if not torch.isfinite(log_w).any():
-        return 0.0
-    return float(torch.exp(2 * torch.logsumexp(log_w, 0) - torch.logsumexp(2 * log_w, 0)) / log_w.numel())
-
-
 def train_snf(
     snf: SNF,
     n_iterations: int = 500,
@@ -523,7 +514,7 @@ def train_snf(
             torch.nn.utils.clip_grad_norm_(params, clip_norm)
             optimizer.step()
         history.loss.append(float(loss.detach()))
-        history.relative_ess.append(_relative_ess(log_w))
+        history.relative_ess.append(relative_ess(log_w))
         history.n_dropped.append(n_dropped)
         bar.update(1)
         if iteration % 10 == 0 or iteration == n_iterations - 1:
@@ -658,14 +649,8 @@ def save_snf(snf: SNF, path: str | Path, metadata: dict[str, Any] | None = None)
     """
     if not hasattr(snf, "config"):
         raise ValueError("only SNFs made by build_snf/load_snf can be saved (they carry a config)")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {
-        "format": _FORMAT, "version": _FORMAT_VERSION, "config": snf.config, "metadata": dict(metadata or {}),
-        "state_dict": {k: v.detach().cpu() for k, v in snf.state_dict().items()},
-    }
-    write_torch(path, payload)
-    return path
+    state = {k: v.detach().cpu() for k, v in snf.state_dict().items()}
+    return save_model_file(path, "snf", snf.config, state, metadata)
 
 
 def load_snf(path: str | Path, system: System) -> SNF:
@@ -695,25 +680,13 @@ def load_snf(path: str | Path, system: System) -> SNF:
     boltzflow.integrity.UnverifiedFileWarning
         For an SNF file written before checksums were stored.
     """
-    path = Path(path)
-    payload = read_torch(path, "SNF file", "re-train it", error=ModelFileError)
-    kind = payload.get("format") if isinstance(payload, dict) else None
-    if kind == _FLOW_FORMAT:
-        raise ModelFileError(f"{path} is a normalizing-flow model, not an SNF: sample it with the 'flow' sampler")
-    if kind != _FORMAT:
-        raise ModelFileError(f"{path} is not a boltzflow SNF file")
-    if payload.get("version") != _FORMAT_VERSION:
-        raise ModelFileError(f"SNF file {path} has format version {payload.get('version')}, expected {_FORMAT_VERSION}")
-    config = dict(payload.get("config") or {})
+    config, state, metadata = load_model_file(path, "snf")
+    config = dict(config)
     dim = config.pop("dim", None)
     if dim != system.dim:
         raise ModelFileError(f"SNF {path} was trained for dimension {dim}, not for '{system.name}' (dimension {system.dim})")
-    try:
-        snf = build_snf(system, **config)
-        snf.load_state_dict(payload["state_dict"])
-    except (TypeError, ValueError, RuntimeError, KeyError) as err:
-        raise ModelFileError(f"SNF file {path} does not match its configuration: {err}") from None
-    snf.metadata = payload.get("metadata", {})
+    snf = load_state(lambda: build_snf(system, **config), state, path, "snf")
+    snf.metadata = metadata
     snf.eval()
     return snf
 

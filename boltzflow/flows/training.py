@@ -159,8 +159,23 @@ def kl_loss(
 
 
 def relative_ess(log_weights: torch.Tensor) -> float:
-    """Kish relative effective sample size of a batch of log-weights (a training diagnostic)."""
-    lw = torch.nan_to_num(log_weights.detach().to(torch.float64), nan=-math.inf)
+    """Kish effective sample size divided by the batch size, of torch log-weights (a training diagnostic).
+
+    The torch twin of :func:`boltzflow.estimate.relative_ess`, used by every training loop in
+    :mod:`boltzflow.flows`; the estimates themselves come from :mod:`boltzflow.estimate`.
+
+    Parameters
+    ----------
+    log_weights : torch.Tensor
+        ``(N,)`` log-weights; NaN and ``-inf`` mean zero weight.
+
+    Returns
+    -------
+    float
+        ``(sum w)^2 / sum w^2 / N`` in float64; ``0.0`` when every weight is zero.
+    """
+    lw = log_weights.detach().to(torch.float64)
+    lw = torch.where(torch.isnan(lw), -math.inf, lw)
     if not torch.isfinite(lw).any():
         return 0.0
     return float(torch.exp(2 * torch.logsumexp(lw, 0) - torch.logsumexp(2 * lw, 0)) / lw.numel())

@@ -32,6 +32,7 @@ import numpy as np
 from scipy.special import expit, logsumexp
 from tqdm.auto import tqdm
 
+from ..estimate.weights import relative_ess
 from ..flows.continuous import ContinuousFlow
 from ..flows.continuous_perturbation import STEP_NOISE
 from ..samples import SampleSet
@@ -78,12 +79,6 @@ def systematic_resample(log_w: np.ndarray, rng: np.random.Generator) -> np.ndarr
     cumulative = np.cumsum(p)
     cumulative[-1] = 1.0
     return np.searchsorted(cumulative, (rng.uniform() + np.arange(n)) / n, side="right").clip(0, n - 1)
-
-
-def _kish(log_w: np.ndarray) -> float:
-    if not np.isfinite(log_w).any():
-        return 0.0
-    return float(np.exp(2 * logsumexp(log_w) - logsumexp(2 * log_w)))
 
 
 def sample_fp_smc(
@@ -215,7 +210,7 @@ def sample_fp_smc(
         ess = []
         for rows in groups:
             lw = log_big_w[rows]
-            ess.append(_kish(lw) / len(rows))
+            ess.append(relative_ess(lw))
             if ess[-1] < ess_threshold:
                 if not np.isfinite(lw).any():
                     raise ValueError(f"FP-SMC: every particle of a replica has zero weight at beta={betas[j]:.3g} "

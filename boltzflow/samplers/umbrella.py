@@ -21,7 +21,7 @@ import openmm.app as app
 from openmm import unit
 from tqdm.auto import tqdm
 
-from ..energy.openmm_bridge import R_KJ_PER_MOL_K
+from ..energy.units import R_KJ_PER_MOL_K
 from ..samples import SampleSet
 from ..systems.observables import Dihedral
 from ..systems.system import System

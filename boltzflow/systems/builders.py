@@ -14,60 +14,10 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..energy.base import Energy
-from .declared import declared_observables, declared_states, spatial_dims
+from .assembly import check_options, finish_system, merge_parameters
+from .declared import declared_states, spatial_dims
 from .ice import build_ice
 from .system import System
-
-
-def _check_options(kind: str, options: dict[str, Any], allowed: set[str]) -> None:
-    unknown = set(options) - allowed
-    if unknown:
-        known = ", ".join(sorted(allowed)) or "none"
-        raise TypeError(f"unknown option(s) {', '.join(sorted(unknown))} for a '{kind}' system (allowed: {known})")
-
-
-def _parameters(definition: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
-    params = dict(definition.get("parameters", {}))
-    unknown = set(params) - set(defaults)
-    if unknown:
-        raise ValueError(f"system '{definition['name']}': unknown parameter(s) {', '.join(sorted(unknown))}")
-    return {**defaults, **params}
-
-
-def _finish(
-    folder: Path,
-    definition: dict[str, Any],
-    energy: Energy,
-    x0: np.ndarray,
-    **extra: Any,
-) -> System:
-    """Attach the common fields (declared observables and states, metadata) and check the definition."""
-    if "dim" in definition and int(definition["dim"]) != energy.dim:
-        raise ValueError(
-            f"system '{definition['name']}': definition says dim={definition['dim']}, energy has {energy.dim}"
-        )
-    observables = declared_observables(definition)
-    states = declared_states(definition, observables)
-    if "x0" in definition:
-        x0 = np.asarray(definition["x0"], dtype=np.float64)
-    system = System(
-        name=definition["name"],
-        energy=energy,
-        temperature=float(definition["temperature"]),
-        x0=x0,
-        backend=definition.get("backend", "numba"),
-        units=definition.get("units", "reduced"),
-        observables=observables,
-        states=states,
-        description=definition.get("description", ""),
-        source=folder,
-        **extra,
-    )
-    u0 = energy.evaluate(system.x0.numpy()[None], need_gradient=False).energy[0]
-    if not np.isfinite(u0):
-        raise ValueError(f"system '{definition['name']}': the starting configuration has a non-finite energy")
-    return system
 
 
 def cluster_start(n_particles: int, n_dims: int, spacing: float) -> np.ndarray:
@@ -97,24 +47,25 @@ def build_double_well(folder: Path, definition: dict[str, Any], **options: Any) 
     """2D double well ``u = (a·x1 + b·x1² + c·x1⁴ + ½·x2²) / kT`` (numba kernel)."""
     from ..energy.double_well import DoubleWellEnergy
 
-    _check_options("double_well", options, set())
-    p = _parameters(definition, {"a": -0.5, "b": -6.0, "c": 1.0})
+    check_options("double_well", options, set())
+    p = merge_parameters(definition, {"a": -0.5, "b": -6.0, "c": 1.0})
     energy = DoubleWellEnergy(a=p["a"], b=p["b"], c=p["c"], kT=float(definition["temperature"]))
-    return _finish(folder, definition, energy, np.array([-1.7, 0.0]))
+    return finish_system(folder, definition, energy, np.array([-1.7, 0.0]))
 
 
 def build_multi_double_well(folder: Path, definition: dict[str, Any], **options: Any) -> System:
     """Particles with a pairwise double well in distance (DW4), numba kernel."""
     from ..energy.multi_double_well import MultiDoubleWellEnergy
 
-    _check_options("multi_double_well", options, set())
-    p = _parameters(definition, {"n_particles": 4, "n_dims": spatial_dims(definition), "a": 0.9, "b": -4.0, "d0": 4.0})
+    check_options("multi_double_well", options, set())
+    p = merge_parameters(definition,
+                         {"n_particles": 4, "n_dims": spatial_dims(definition), "a": 0.9, "b": -4.0, "d0": 4.0})
     energy = MultiDoubleWellEnergy(
         n_particles=int(p["n_particles"]), n_dims=int(p["n_dims"]), a=p["a"], b=p["b"], d0=p["d0"],
         kT=float(definition["temperature"]),
     )
     x0 = cluster_start(int(p["n_particles"]), int(p["n_dims"]), spacing=p["d0"])
-    return _finish(folder, definition, energy, x0, particles=(int(p["n_particles"]), int(p["n_dims"])))
+    return finish_system(folder, definition, energy, x0, particles=(int(p["n_particles"]), int(p["n_dims"])))
 
 
 def build_lennard_jones(folder: Path, definition: dict[str, Any], **options: Any) -> System:
@@ -122,8 +73,8 @@ def build_lennard_jones(folder: Path, definition: dict[str, Any], **options: Any
     from ..energy.lennard_jones import LennardJonesEnergy
     from ..energy.restraints import CenterOfMassRestraint
 
-    _check_options("lennard_jones", options, set())
-    p = _parameters(
+    check_options("lennard_jones", options, set())
+    p = merge_parameters(
         definition,
         {"n_particles": 13, "n_dims": spatial_dims(definition), "epsilon": 1.0, "rm": 1.0, "restraint_k": 1.0},
     )
@@ -131,7 +82,7 @@ def build_lennard_jones(folder: Path, definition: dict[str, Any], **options: Any
     energy = LennardJonesEnergy(n, d, epsilon=p["epsilon"], rm=p["rm"], kT=kT)
     if p["restraint_k"] > 0:
         energy = energy + CenterOfMassRestraint(n, d, k=p["restraint_k"], kT=kT)
-    return _finish(folder, definition, energy, cluster_start(n, d, spacing=p["rm"]), particles=(n, d))
+    return finish_system(folder, definition, energy, cluster_start(n, d, spacing=p["rm"]), particles=(n, d))
 
 
 def build_openmm(folder: Path, definition: dict[str, Any], **options: Any) -> System:
@@ -142,7 +93,7 @@ def build_openmm(folder: Path, definition: dict[str, Any], **options: Any) -> Sy
     from ..energy.openmm_bridge import OpenMMEnergy
     from .openmm_builder import build_openmm_system
 
-    _check_options("openmm", options, {"platform", "n_workers"})
+    check_options("openmm", options, {"platform", "n_workers"})
     omm_system, topology, positions = build_openmm_system(folder, definition)
     energy = OpenMMEnergy(
         omm_system,
@@ -150,7 +101,7 @@ def build_openmm(folder: Path, definition: dict[str, Any], **options: Any) -> Sy
         platform=options.get("platform", definition.get("platform", "auto")),
         n_workers=int(options.get("n_workers", definition.get("n_workers", 1))),
     )
-    return _finish(
+    return finish_system(
         folder, definition, energy, np.asarray(positions).reshape(-1), topology=topology, openmm_system=omm_system,
     )
 
@@ -182,11 +133,11 @@ def build_gaussian_mixture(folder: Path, definition: dict[str, Any], **options: 
     """
     from ..energy.gaussian_mixture import GaussianMixtureEnergy
 
-    _check_options("gaussian_mixture", options, set())
+    check_options("gaussian_mixture", options, set())
     if "dim" not in definition:
         raise ValueError(f"system '{definition['name']}': a gaussian_mixture system needs 'dim'")
     dim = int(definition["dim"])
-    p = _parameters(definition, {"weights": [1.0, 3.0], "sigmas": [1.0, 1.0], "means": [[-4.0], [4.0]]})
+    p = merge_parameters(definition, {"weights": [1.0, 3.0], "sigmas": [1.0, 1.0], "means": [[-4.0], [4.0]]})
     means = np.zeros((len(p["means"]), dim))
     for k, leading in enumerate(p["means"]):
         leading = np.atleast_1d(np.asarray(leading, dtype=np.float64))
@@ -194,7 +145,7 @@ def build_gaussian_mixture(folder: Path, definition: dict[str, Any], **options: 
             raise ValueError(f"system '{definition['name']}': mean {k} has {leading.size} coordinates for dim={dim}")
         means[k, : leading.size] = leading
     energy = GaussianMixtureEnergy(means, p["sigmas"], p["weights"], kT=float(definition["temperature"]))
-    return _finish(folder, definition, energy, means[int(np.argmax(energy.weights))])
+    return finish_system(folder, definition, energy, means[int(np.argmax(energy.weights))])
 
 
 def build_tetrahedron_field(folder: Path, definition: dict[str, Any], **options: Any) -> System:
@@ -209,15 +160,16 @@ def build_tetrahedron_field(folder: Path, definition: dict[str, Any], **options:
     from functools import partial
 
     from ..energy.tetrahedron_field import TetrahedronFieldEnergy, vertex_up, vertex_up_rotation
-    from ..flows.rigid.rigid_coordinates import RigidBodySpec
+    from ..geometry.rigid_bodies import RigidBodySpec
 
-    _check_options("tetrahedron_field", options, set())
-    p = _parameters(definition, {"kappa": 2.0e4, "charges": [1.0, 1.0, 1.0, 1.0], "bond": 0.109, "rigidity": 1.0e5})
+    check_options("tetrahedron_field", options, set())
+    p = merge_parameters(definition,
+                         {"kappa": 2.0e4, "charges": [1.0, 1.0, 1.0, 1.0], "bond": 0.109, "rigidity": 1.0e5})
     energy = TetrahedronFieldEnergy(p["kappa"], p["charges"], bond=p["bond"],
                                     temperature=float(definition["temperature"]), rigidity=p["rigidity"])
     x0 = (energy.reference @ vertex_up_rotation(energy.reference[0]).T).reshape(-1)
     spec = RigidBodySpec(energy.reference, np.zeros((1, 3)))
-    system = _finish(folder, {**definition, "states": {}}, energy, x0, rigid_bodies=spec)
+    system = finish_system(folder, {**definition, "states": {}}, energy, x0, rigid_bodies=spec)
     system.observables.update({f"up{i}": partial(vertex_up, vertex=i) for i in range(4)})
     system.states = declared_states(definition, system.observables)
     return system

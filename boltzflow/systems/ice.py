@@ -52,6 +52,8 @@ from typing import Any
 
 import numpy as np
 
+from .assembly import check_options, finish_system, merge_parameters
+
 R_OO = 0.276
 """Ideal O–O distance (nm) of the generated lattice."""
 
@@ -292,7 +294,7 @@ def place_water(oxygen: np.ndarray, donors: np.ndarray, model: WaterModel | None
     best fitted (pivot O) to the unit donor directions ``donors (2, 3)`` (H1 along ``donors[0]``)."""
     import torch
 
-    from ..flows.rigid.quaternions import best_fit_rotation, to_matrix
+    from ..geometry.quaternions import best_fit_rotation, to_matrix
 
     model = model or water_model()
     body = model.body_sites()
@@ -407,7 +409,7 @@ def minimise(system, sites: np.ndarray, tolerance: float = 0.01, max_iterations:
 
 def rigid_coordinates():
     """:class:`RigidBodyCoordinates` of the water model, reference around the molecule's centre of mass."""
-    from ..flows.rigid.rigid_coordinates import RigidBodyCoordinates
+    from ..geometry.rigid_bodies import RigidBodyCoordinates
 
     model = water_model()
     body = model.body_sites()
@@ -487,11 +489,10 @@ def build_ice(folder: Path, definition: dict[str, Any], **options: Any):
     import mdtraj
 
     from ..energy.openmm_bridge import OpenMMEnergy
-    from ..flows.rigid.rigid_coordinates import RigidBodySpec
-    from .builders import _check_options, _finish, _parameters
+    from ..geometry.rigid_bodies import RigidBodySpec
 
-    _check_options("ice", options, {"platform", "n_workers"})
-    p = _parameters(definition, {"n_molecules": 16, "cutoff": None, "lfep_target_temperature": None})
+    check_options("ice", options, {"platform", "n_workers"})
+    p = merge_parameters(definition, {"n_molecules": 16, "cutoff": None, "lfep_target_temperature": None})
     n = int(p["n_molecules"])
     if n not in REPLICATES:
         raise ValueError(f"system '{definition['name']}': n_molecules must be one of {sorted(REPLICATES)}")
@@ -519,7 +520,7 @@ def build_ice(folder: Path, definition: dict[str, Any], **options: Any):
     masses = water_model().site_masses()
     centres = np.einsum("k,nka->na", masses, sites) / masses.sum()
     spec = RigidBodySpec(coords.reference.numpy(), centres, box, (False, False, False, True))
-    system = _finish(folder, definition, energy, sites.reshape(-1),
+    system = finish_system(folder, definition, energy, sites.reshape(-1),
                      topology=mdtraj.Topology.from_openmm(omm_topology), openmm_system=omm_system,
                      rigid_bodies=spec)
     system.observables.setdefault("energy_per_molecule", energy_per_molecule_observable(energy, n))

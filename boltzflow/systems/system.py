@@ -48,7 +48,7 @@ class System:
         relative positions (DW4, LJ clusters): translating every particle leaves it unchanged, so
         the centre of mass is a free direction that a density model must leave out.
     rigid_bodies : RigidBodySpec or None
-        For systems of rigid molecules (:class:`boltzflow.flows.rigid.RigidBodySpec`): the
+        For systems of rigid molecules (:class:`boltzflow.geometry.RigidBodySpec`): the
         molecules' geometry, centres and box. Their configurations are the sites' Cartesian
         coordinates, and flows for them live on positions and orientations (``build_flow``).
     """

@@ -20,13 +20,13 @@ from scipy import integrate
 
 import boltzflow as bf
 from boltzflow.energy.openmm_bridge import OpenMMEnergy
+from boltzflow.energy.units import R_KJ_PER_MOL_K
 from boltzflow.systems.observables import State, observable_from_spec
 
 MASS_DA = 12.0
 BOND_NM, BOND_K = 0.15, 2.0e5          # nm, kJ/mol/nm²
 ANGLE_RAD, ANGLE_K = 1.911, 400.0      # rad (109.5°), kJ/mol/rad²
 TORSION = "4 * (1 + cos(3 * theta)) + 2 * (1 - cos(theta - 1))"  # kJ/mol
-R_KJ_PER_MOL_K = 0.00831446261815324
 
 
 def torsion_kj(phi: np.ndarray | float) -> np.ndarray | float:

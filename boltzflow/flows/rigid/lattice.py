@@ -29,9 +29,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ...geometry.quaternions import canonical_sign, conjugate, multiply
+from ...geometry.rigid_bodies import RigidBodyCoordinates, RigidBodySpec
 from ..base import Bijection
-from .quaternions import canonical_sign, conjugate, multiply
-from .rigid_coordinates import RigidBodyCoordinates, RigidBodySpec
 
 
 class LatticeChart(Bijection):

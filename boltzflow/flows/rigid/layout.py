@@ -15,8 +15,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ...geometry.rigid_bodies import RigidBodySpec
 from .conditioners import periodic_features
-from .rigid_coordinates import RigidBodySpec
 
 
 class RigidLayout(nn.Module):

@@ -22,7 +22,7 @@ probability measure; ``Z_Euler = Z · 4^N`` for the Euler-angle measure ``sin β
 box the common translation is removed by the gauge (first molecule at its reference centre), so
 ``Z`` is per unit volume of that translation, like the centre-of-mass-free particle flows.
 
-:func:`build_rigid_flow` builds an untrained flow from a :class:`~.rigid_coordinates.RigidBodySpec`;
+:func:`build_rigid_flow` builds an untrained flow from a :class:`~boltzflow.geometry.rigid_bodies.RigidBodySpec`;
 its ``config`` (architecture + the spec) is what :func:`boltzflow.flows.models.save_model` stores and
 :func:`rigid_flow_from_config` rebuilds.
 """
@@ -35,11 +35,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from ...geometry.quaternions import LOG_AREA_S3, random_uniform
+from ...geometry.rigid_bodies import RigidBodyCoordinates, RigidBodySpec
 from ..base import Bijection, Compose
 from ..distributions import FlowDistribution
 from .layout import RigidLayout
-from .quaternions import LOG_AREA_S3, random_uniform
-from .rigid_coordinates import RigidBodyCoordinates, RigidBodySpec
 from .sphere import LinearS3Layer, MeridianS3Layer
 from .torus import TorusCouplingLayer
 

@@ -5,13 +5,13 @@ reference point — e.g. its centre or its oxygen). Its lab-frame sites are
 
     a_k = position + R(q) r_k,
 
-with ``R(q)`` the active rotation of the unit quaternion ``q`` (:mod:`.quaternions`). Sites flagged
+with ``R(q)`` the active rotation of the unit quaternion ``q`` (:mod:`boltzflow.geometry.quaternions`). Sites flagged
 ``virtual`` (e.g. the M site of TIP4P water, placed by the force field from the real atoms) are
 produced by :meth:`RigidBodyCoordinates.to_atoms` like any other site but are ignored when fitting
 a rigid body to given coordinates, so stale virtual-site positions in the input do not matter.
 
 :meth:`~RigidBodyCoordinates.from_atoms` is the least-squares inverse: the rotation is the best
-fit (Horn's quaternion form of Kabsch's problem, :func:`~.quaternions.best_fit_rotation`) of the
+fit (Horn's quaternion form of Kabsch's problem, :func:`~boltzflow.geometry.quaternions.best_fit_rotation`) of the
 reference sites onto the given ones, with the canonical sign ``w > 0``, so slightly non-rigid
 inputs (MD frames with flexible bonds, rounding) get their nearest rigid body, and the RMS residual
 is returned. Molecules must be whole (not split across a periodic boundary).

@@ -1,6 +1,7 @@
 """Unit quaternions as rotations: products, rotation matrices (both ways), best-fit rotations.
 
-Conventions, used throughout :mod:`boltzflow.flows.rigid`:
+Conventions, used by :mod:`boltzflow.geometry.rigid_bodies`, :mod:`boltzflow.flows.rigid`, the ice builder
+and :class:`~boltzflow.energy.orientation.OrientationPrior`:
 
 * a quaternion is ``q = (w, x, y, z)``, scalar first, a torch tensor whose last axis has 4
   entries (any leading batch shape);
@@ -119,6 +120,38 @@ def from_matrix(matrix: torch.Tensor) -> torch.Tensor:
     return canonical_sign(q / torch.linalg.vector_norm(q, dim=-1, keepdim=True))
 
 
+def horn_matrix(cross_covariance: torch.Tensor) -> torch.Tensor:
+    """Horn's symmetric 4×4 matrix of a cross-covariance: its top eigenvector is the best-fit rotation.
+
+    For ``S_ab = Σ_i w_i r_ia t_ib`` (reference points ``r``, target points ``t``), the quadratic
+    form ``qᵀ N q`` on unit quaternions equals ``Σ_i w_i t_i · R(q) r_i``, so the eigenvector of the
+    largest eigenvalue of ``N`` is the rotation minimising ``Σ_i w_i |t_i − R(q) r_i|²``.
+
+    Parameters
+    ----------
+    cross_covariance : Tensor, shape (..., 3, 3)
+        ``S_ab = Σ_i w_i r_ia t_ib``.
+
+    Returns
+    -------
+    Tensor, shape (..., 4, 4)
+        Horn's matrix ``N``, rows and columns ordered ``(w, x, y, z)``.
+    """
+    if cross_covariance.shape[-2:] != (3, 3):
+        raise ValueError(f"a cross-covariance needs shape (..., 3, 3), got {tuple(cross_covariance.shape)}")
+    s = cross_covariance
+    sxx, sxy, sxz = s[..., 0, 0], s[..., 0, 1], s[..., 0, 2]
+    syx, syy, syz = s[..., 1, 0], s[..., 1, 1], s[..., 1, 2]
+    szx, szy, szz = s[..., 2, 0], s[..., 2, 1], s[..., 2, 2]
+    rows = [
+        [sxx + syy + szz, syz - szy, szx - sxz, sxy - syx],
+        [syz - szy, sxx - syy - szz, sxy + syx, szx + sxz],
+        [szx - sxz, sxy + syx, -sxx + syy - szz, syz + szy],
+        [sxy - syx, szx + sxz, syz + szy, -sxx - syy + szz],
+    ]
+    return torch.stack([torch.stack(row, dim=-1) for row in rows], dim=-2)
+
+
 def best_fit_rotation(
     reference: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -157,17 +190,7 @@ def best_fit_rotation(
     reference = reference.to(target).expand_as(target)
     # cross-covariance S_ab = Σ_i w_i r_ia t_ib
     s = torch.einsum("i,...ia,...ib->...ab", w, reference, target)
-    sxx, sxy, sxz = s[..., 0, 0], s[..., 0, 1], s[..., 0, 2]
-    syx, syy, syz = s[..., 1, 0], s[..., 1, 1], s[..., 1, 2]
-    szx, szy, szz = s[..., 2, 0], s[..., 2, 1], s[..., 2, 2]
-    rows = [
-        [sxx + syy + szz, syz - szy, szx - sxz, sxy - syx],
-        [syz - szy, sxx - syy - szz, sxy + syx, szx + sxz],
-        [szx - sxz, sxy + syx, -sxx + syy - szz, syz + szy],
-        [sxy - syx, szx + sxz, syz + szy, -sxx - syy + szz],
-    ]
-    horn = torch.stack([torch.stack(row, dim=-1) for row in rows], dim=-2)
-    eigenvalues, eigenvectors = torch.linalg.eigh(horn)
+    eigenvalues, eigenvectors = torch.linalg.eigh(horn_matrix(s))
     q = canonical_sign(eigenvectors[..., :, -1])
     # Σ w |t − R r|² = Σ w (|t|² + |r|²) − 2 λ_max
     total = torch.einsum("i,...ia->...", w, target * target + reference * reference)
@@ -196,6 +219,7 @@ __all__ = [
     "canonical_sign",
     "conjugate",
     "from_matrix",
+    "horn_matrix",
     "multiply",
     "random_uniform",
     "rotate",
