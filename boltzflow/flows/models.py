@@ -92,8 +92,30 @@ def _couplings(
     return [SplineCoupling(m, circular, num_bins=num_bins, hidden=hidden, tail_bound=tail_bound) for m in masks]
 
 
-def _from_config(config: dict[str, Any], topology: Any) -> FlowDistribution:
-    """The (untrained, unfitted) flow described by ``config``."""
+def flow_from_config(config: dict[str, Any], topology: Any) -> FlowDistribution:
+    """The untrained, unfitted flow described by ``config`` (a model file's or ``flow.config``).
+
+    Parameters
+    ----------
+    config : dict
+        The architecture, as :func:`build_flow` records it in ``flow.config``.
+    topology : mdtraj.Topology or None
+        The system's topology (needed for molecular flows on internal coordinates).
+
+    Returns
+    -------
+    FlowDistribution
+        Same architecture, freshly initialised parameters (load a state dict to restore it).
+
+    Examples
+    --------
+    >>> import boltzflow as bf
+    >>> system = bf.load_system("double_well_2d")
+    >>> flow = build_flow(system, n_layers=2, hidden=(8,))
+    >>> fresh = flow_from_config(flow.config, system.topology)
+    >>> sorted(fresh.state_dict()) == sorted(flow.state_dict())
+    True
+    """
     if config["kind"] == RIGID_KIND:
         return rigid_flow_from_config(config)
     dim = config["dim"]
@@ -207,7 +229,7 @@ def build_flow(
         else:
             normalization.fit_normalization(x, max_linear_std=max_linear_std)
         config["circular"] = normalization.circular.tolist()
-        flow = _from_config(config, system.topology)
+        flow = flow_from_config(config, system.topology)
         flow.bijection.layers[-1].load_state_dict(normalization.state_dict())
     else:
         if system.particles is not None:  # translation invariant: model the centred configurations only
@@ -218,7 +240,7 @@ def build_flow(
                 config["frame"] = "planar"
         elif planar_frame:
             raise ValueError(f"planar_frame needs a particle system; '{system.name}' has no particles")
-        flow = _from_config(config, system.topology)
+        flow = flow_from_config(config, system.topology)
         last = flow.bijection.layers[-1]
         if config.get("frame") == "planar":
             if x is not None:  # standardise the shape features (all but the orientation θ)
@@ -317,10 +339,10 @@ def load_model(path: str | Path, system: System) -> FlowDistribution:
     if (config.get("kind") == RIGID_KIND) != (system.rigid_bodies is not None) or (
             system.rigid_bodies is not None and rigid_config_mismatch(config, system.rigid_bodies)):
         raise ModelFileError(f"model {path} does not match the rigid-body structure of '{system.name}'")
-    flow = load_state(lambda: _from_config(config, system.topology), state, path, "flow")
+    flow = load_state(lambda: flow_from_config(config, system.topology), state, path, "flow")
     flow.config = config
     flow.metadata = metadata
     return flow
 
 
-__all__ = ["KINDS", "ModelFileError", "Standardize", "build_flow", "load_model", "save_model"]
+__all__ = ["KINDS", "ModelFileError", "Standardize", "build_flow", "flow_from_config", "load_model", "save_model"]

@@ -57,7 +57,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..flows.distributions import FlowDistribution
-from ..flows.models import Standardize, _from_config, build_flow, save_model
+from ..flows.models import Standardize, build_flow, flow_from_config, save_model
 from ..flows.training import kl_loss
 from ..samples import SampleSet
 from ..systems.system import System
@@ -322,7 +322,7 @@ def sample_adaptive(
         arrays, info = resumed
         if flow is None:
             if "flow_config" in info:  # the new flow's architecture (its circular dihedrals came from the states)
-                flow = _from_config(info["flow_config"], system.topology)
+                flow = flow_from_config(info["flow_config"], system.topology)
                 flow.config = info["flow_config"]
             else:
                 flow = build_flow(system, **{"max_linear_std": None, **flow_options})
