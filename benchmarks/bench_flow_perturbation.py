@@ -44,7 +44,7 @@ from boltzflow.flows.continuous import ContinuousFlow, VelocityField, build_cont
 from boltzflow.flows.continuous_training import train_continuous_flow, train_sigma_f
 from boltzflow.reference_data import reference_estimates
 from boltzflow.flows.ode import HutchinsonDivergence, exact_divergence
-from boltzflow.samplers.flow_perturbation import ExtendedTarget
+from boltzflow.flows.perturbation_target import ExtendedTarget
 from boltzflow.samplers.flow_perturbation_mala import log_omega_with_gradient
 
 

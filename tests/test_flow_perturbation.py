@@ -25,7 +25,8 @@ from boltzflow.energy.gaussian_mixture import GaussianMixtureEnergy
 from boltzflow.flows.continuous import ContinuousFlow, build_continuous_flow
 from boltzflow.flows.continuous_perturbation import flow_perturbation, noise_dim, stretch_delta_s
 from boltzflow.flows.continuous_training import train_continuous_flow, train_sigma_f
-from boltzflow.samplers.flow_perturbation import ExtendedTarget, refresh_move
+from boltzflow.flows.perturbation_target import ExtendedTarget
+from boltzflow.samplers.flow_perturbation import refresh_move
 from boltzflow.samplers.flow_perturbation_smc import refresh_schedule, sigmoid_schedule, systematic_resample
 
 

@@ -15,7 +15,7 @@ from test_flow_perturbation import MIX, OBSERVABLES, TanhField, _quadrature, _z
 
 import boltzflow as bf
 from boltzflow.flows.continuous import ContinuousFlow, build_continuous_flow
-from boltzflow.samplers.flow_perturbation import ExtendedTarget
+from boltzflow.flows.perturbation_target import ExtendedTarget
 from boltzflow.samplers.flow_perturbation_mala import adapt_step, log_omega_with_gradient, mala_move, tamed_drift
 
 

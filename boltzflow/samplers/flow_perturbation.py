@@ -1,14 +1,10 @@
-"""Samplers of continuous flows: importance weights (exact, Hutchinson, flow perturbation) and FP chains.
+"""Flow-perturbation samplers of continuous flows: ``fp-is`` importance weights and ``fp`` chains.
 
-All take ``model=`` a continuous-flow file (``boltzflow train-cnf``) or a
-:class:`~boltzflow.flows.continuous.ContinuousFlow`; energies are the system's own.
+Both take ``model=`` a continuous-flow file (``boltzflow train-cnf``) or a
+:class:`~boltzflow.flows.continuous.ContinuousFlow`; energies are the system's own; the weights
+``ω`` of extended states ``(x_T, ε)`` come from
+:class:`~boltzflow.flows.perturbation_target.ExtendedTarget`.
 
-* ``cnf-exact`` — independent flow samples, ``log w = −u − log q`` with ``log q`` from the exact
-  divergence integrated along the RK4 path (``D`` vector-Jacobian products per RK4 stage);
-  ``log q`` is the flow's continuous-time density, exact up to the RK4 quadrature error.
-* ``cnf-hutchinson`` — the same with Hutchinson's divergence (``n_probes`` per path): ``log q`` is
-  unbiased, so the weights ``exp(−u − log q)`` are **biased** (Jensen). Kept as the baseline
-  flow perturbation replaces.
 * ``fp-is`` — independent extended samples ``(x_T, ε)`` with flow-perturbation weights ``ω``
   (:mod:`boltzflow.flows.continuous_perturbation`): unbiased, ``E[ω] = Z``. The default
   estimator, ``"multistep"`` (noise after every RK4 step, ``ε`` of ``N·d`` coordinates), also has
@@ -20,331 +16,30 @@ All take ``model=`` a continuous-flow file (``boltzflow train-cnf``) or a
   cancel); unweighted correlated samples.
 * ``fp-smc`` — sequential Monte Carlo on the extended space (:mod:`.flow_perturbation_smc`).
 
-Importance samplers store for every sample its weight's ingredients only: the estimation layer
-turns them into numbers. Failed energies or non-finite flow terms give zero weight, counted.
+The importance samplers of a continuous flow without the extended space (``cnf-exact``,
+``cnf-hutchinson``) are in :mod:`.cnf`. Failed energies or non-finite flow terms give zero weight,
+counted.
 """
 
 from __future__ import annotations
 
-import functools
 import math
-from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
-import torch
 from tqdm.auto import tqdm
 
-from ..flows.continuous import ContinuousFlow, load_continuous_flow
-from ..flows.continuous_perturbation import ESTIMATORS, STEP_NOISE, flow_perturbation, log_omega, noise_dim
+from ..flows.continuous import ContinuousFlow
+from ..flows.continuous_perturbation import STEP_NOISE
 from ..flows.distributions import DEFENSIVE_FRACTION, DEFENSIVE_SCALE, DefensiveLatent
-from ..flows.ode import PROBES, HutchinsonDivergence, exact_divergence
+from ..flows.perturbation_target import ODE_PASSES, ExtendedTarget
 from ..samples import SampleSet
 from ..systems.system import System
 from .checkpoint import Checkpoint, restore_stored
-from .flow import _batch_generator
+from .cnf import importance_samples, resolve_continuous_model
 from .hmc import chain_columns
-from .importance_draws import draw_in_batches
 from .metadata import run_metadata
-
-# ODE passes (each n_steps RK4 steps) per weight, the unit of the cost comparisons (Hutchinson's one pass
-# carries a vector-Jacobian product per RK4 stage)
-ODE_PASSES = {"multistep": 2, "perturbed": 2, "stretch": 3, "hutchinson": 1}
-
-
-def resolve_continuous_model(system: System, model: str | Path | ContinuousFlow | None) -> tuple[ContinuousFlow, str]:
-    """The continuous flow a sampler uses and the name identifying it in metadata and checkpoints.
-
-    Raises
-    ------
-    ValueError
-        Without a model (no continuous flow is shipped).
-    ModelFileError
-        For an unreadable or mismatched model file.
-    """
-    if model is None:
-        raise ValueError(
-            f"the continuous-flow samplers need model= (a file written by `boltzflow train-cnf {system.name}` "
-            "or a ContinuousFlow); none is shipped"
-        )
-    if isinstance(model, ContinuousFlow):
-        if model.dim != system.dim:
-            raise ValueError(f"the continuous flow has dimension {model.dim}, the system {system.dim}")
-        model.eval()
-        return model, "in-memory continuous flow"
-    return load_continuous_flow(model, system), str(Path(model).resolve())
-
-
-def _check_fp_options(
-    estimator: str, sigma_b: float | None, fd_step: float, ode_steps: int | None, step_noise: float
-) -> None:
-    if estimator not in ESTIMATORS:
-        raise ValueError(f"unknown flow-perturbation estimator '{estimator}'; choose one of {', '.join(ESTIMATORS)}")
-    if sigma_b is not None and not sigma_b > 0:
-        raise ValueError(f"sigma_b must be positive, got {sigma_b}")
-    if not fd_step > 0:
-        raise ValueError(f"fd_step must be positive, got {fd_step}")
-    if ode_steps is not None and ode_steps < 1:
-        raise ValueError(f"ode_steps must be >= 1, got {ode_steps}")
-    if not step_noise > 0:
-        raise ValueError(f"step_noise must be positive, got {step_noise}")
-
-
-class ExtendedTarget:
-    """Flow-perturbation log-weights of extended states ``(x_T, ε)`` (numpy in, numpy out, in batches).
-
-    Parameters
-    ----------
-    system : System
-        Target (its energy gives ``u(x0)``).
-    flow : ContinuousFlow
-        The flow.
-    estimator : {"multistep", "perturbed", "stretch", "hutchinson"}
-        Flow-perturbation estimator, or ``"hutchinson"``: the biased baseline on the same extended
-        space (``ε`` as its probe), for side-by-side comparisons.
-    sigma_b : float, optional
-        σ_B of ``"perturbed"`` (default: the flow's).
-    fd_step : float
-        Central-difference step of ``"stretch"``.
-    ode_steps : int, optional
-        RK4 steps (default: the flow's); for ``"multistep"`` also its noisy steps ``N``.
-    batch_size : int
-        States pushed through the flow at once.
-    step_noise : float
-        ``σ₀`` of ``"multistep"`` (standardised units; ``σ₀ √h`` per step).
-    latent : DefensiveLatent, optional
-        The density ``x_T`` is drawn from, in ``log ω`` (default: the flow's standard normal; only
-        independent draws — ``fp-is`` — may use another: the moves of ``fp``/``fp-smc`` preserve
-        the standard normal).
-    """
-
-    def __init__(
-        self, system: System, flow: ContinuousFlow, estimator: str = "multistep", sigma_b: float | None = None,
-        fd_step: float = 1e-3, ode_steps: int | None = None, batch_size: int = 1024, step_noise: float = STEP_NOISE,
-        latent: DefensiveLatent | None = None,
-    ) -> None:
-        _check_fp_options(estimator, sigma_b, fd_step, ode_steps, step_noise)
-        if batch_size < 1:
-            raise ValueError("batch_size must be >= 1")
-        self.system, self.flow = system, flow
-        self.estimator, self.sigma_b, self.fd_step, self.ode_steps = estimator, sigma_b, fd_step, ode_steps
-        self.step_noise = step_noise
-        self.latent = latent or DefensiveLatent()
-        self.batch_size = batch_size
-        self.device = flow.loc.device
-        self.n_evaluations = 0
-
-    @property
-    def dim(self) -> int:
-        """``d``, the dimension of ``x_T``."""
-        return self.flow.latent_dim
-
-    @property
-    def noise_dim(self) -> int:
-        """The dimension of ``ε``: ``N·d`` for ``"multistep"`` (``N`` RK4 steps), ``d`` otherwise."""
-        return noise_dim(self.flow, self.estimator, self.ode_steps)
-
-    def evaluate(self, z: np.ndarray, eps: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Configurations ``x (B, D)``, energies ``u (B,)`` and ``log ω (B,)`` of states ``(z, eps)``."""
-        x, energies, delta_s, log_pz = self._terms(z, eps)
-        return x, energies, log_omega(energies, delta_s, log_pz)
-
-    def evaluate_proposal(self, z: np.ndarray, eps: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Configurations, energies and ``log p_Z(x_T) − ΔS`` (``log ω = −u −`` that; NaN where not finite)."""
-        x, energies, delta_s, log_pz = self._terms(z, eps)
-        with np.errstate(invalid="ignore", over="ignore"):
-            log_proposal = log_pz - delta_s
-        return x, energies, np.where(np.isfinite(log_proposal), log_proposal, np.nan)
-
-    def _terms(self, z: np.ndarray, eps: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """``x``, ``u(x)``, ``ΔS`` and ``log p_Z(x_T)``, the flow in batches of ``batch_size``."""
-        n = z.shape[0]
-        x = np.empty((n, self.system.dim))
-        delta_s = np.empty(n)
-        log_pz = np.empty(n)
-        for start in range(0, n, self.batch_size):
-            rows = slice(start, start + self.batch_size)
-            zt = torch.as_tensor(z[rows], dtype=torch.float64, device=self.device)
-            et = torch.as_tensor(eps[rows], dtype=torch.float64, device=self.device)
-            y0, ds = flow_perturbation(self.flow, zt, et, self.estimator, self.sigma_b, self.fd_step, self.ode_steps,
-                                       step_noise=self.step_noise)
-            with torch.no_grad():
-                xb, chart_log_det = self.flow.to_configuration_with_log_det(y0)  # −inf off the chart's domain
-                x[rows] = xb.cpu().numpy()
-                log_pz[rows] = self.latent.log_prob(zt).cpu().numpy()
-            delta_s[rows] = (ds + chart_log_det).cpu().numpy()
-        energies = self.system.energy.evaluate(x, need_gradient=False).energy
-        self.n_evaluations += n
-        return x, energies, delta_s, log_pz
-
-
-def _importance(
-    system: System, n: int, seed: int, name: str, model_name: str,
-    draw: Callable[[int, int], tuple[np.ndarray, np.ndarray, np.ndarray | None]],
-    batch_size: int, progress: bool, checkpoint: str | Path | None, checkpoint_seconds: float,
-    run: dict, normalized: bool, extra: dict,
-) -> SampleSet:
-    """Independent weighted samples, ``log w = −u − log_proposal``.
-
-    ``draw(batch_index, size) -> (x, log_proposal, energies or None)`` (``None``: evaluated here).
-    """
-    draws = draw_in_batches(system, n, seed, name, model_name, draw, batch_size, progress, checkpoint,
-                            checkpoint_seconds, run=run)
-    valid = np.isfinite(draws.log_proposal)
-    return SampleSet(
-        x=draws.x, energies=draws.energies, log_weights=draws.log_weights(valid),
-        metadata=run_metadata(system, name, seed, correlated=False, normalized_proposal=normalized, model=model_name,
-                              batch_size=batch_size, n_invalid_log_q=int(np.count_nonzero(~valid)), **draws.resume,
-                              **extra),
-    )
-
-
-def _cnf_draw(flow: ContinuousFlow, seed: int, divergence: Callable[[torch.Tensor, torch.Generator], Callable],
-              ode_steps: int | None, latent: DefensiveLatent) -> Callable[[int, int], tuple[np.ndarray, np.ndarray, None]]:
-    """Flow samples with ``log q = log p(x_T) − log|det ∂x0/∂x_T|`` (``x_T ~ latent``) under the given divergence."""
-
-    def draw(batch: int, size: int) -> tuple[np.ndarray, np.ndarray]:
-        generator = _batch_generator(seed, batch, flow.loc.device)
-        z = latent.widen(flow.sample_latent(size, generator), generator)
-        with torch.no_grad():
-            y, log_det = flow.decode_with_log_det(z, divergence(z, generator), ode_steps)
-            x, chart_log_det = flow.to_configuration_with_log_det(y)  # −inf off the chart's domain: log q = +inf
-            log_q = latent.log_prob(z) - log_det - chart_log_det
-        log_q = log_q.cpu().numpy()
-        return x.cpu().numpy(), np.where(np.isfinite(log_q), log_q, np.nan), None
-
-    return draw
-
-
-def sample_cnf_exact(
-    system: System,
-    n: int,
-    seed: int = 0,
-    model: str | Path | ContinuousFlow | None = None,
-    batch_size: int = 64,
-    chunk_size: int | None = None,
-    ode_steps: int | None = None,
-    progress: bool = True,
-    checkpoint: str | Path | None = None,
-    checkpoint_seconds: float = 60.0,
-    defensive: float = DEFENSIVE_FRACTION,
-    defensive_scale: float = DEFENSIVE_SCALE,
-) -> SampleSet:
-    """Independent samples of a continuous flow with exact-divergence weights ``−u − log q``.
-
-    Costs ``1 + d`` velocity passes per RK4 stage (the Jacobian trace); ``log q`` is exact up to
-    the RK4 quadrature of the divergence.
-
-    Parameters
-    ----------
-    system : System
-        Target.
-    n : int
-        Number of samples.
-    seed : int
-        Seed of the latent draws.
-    model : path or ContinuousFlow
-        A file written by ``boltzflow train-cnf`` (or :func:`~boltzflow.flows.continuous.save_continuous_flow`).
-    batch_size : int
-        Samples per batch.
-    chunk_size : int, optional
-        Samples whose ``(d, d)`` Jacobians are formed at once (memory bound); default: the batch.
-    ode_steps : int, optional
-        RK4 steps (default: the model's).
-    progress : bool
-        Progress bar.
-    checkpoint : path, optional
-        Checkpoint file; an existing one from the same run is resumed.
-    checkpoint_seconds : float
-        Seconds between checkpoints.
-    defensive : float
-        Fraction of the latents drawn from the wider normal ``N(0, defensive_scale² I)`` (a defensive
-        mixture, :class:`~boltzflow.flows.distributions.DefensiveLatent`: the weights stay exact, and
-        their tail stays light where the flow is narrower than the target). Default 0.1, chosen by the
-        calibration benchmark; 0 for the flow's own latent (a few per cent more ESS on a well-fitted
-        flow; no widened latent leaves an internal-coordinate chart's one-to-one domain, which costs
-        zero-weight samples).
-    defensive_scale : float
-        Width of the wider component (default 1.5).
-
-    Returns
-    -------
-    SampleSet
-        Independent weighted samples, ``normalized_proposal=True``.
-    """
-    flow, model_name = resolve_continuous_model(system, model)
-    if ode_steps is not None and ode_steps < 1:
-        raise ValueError(f"ode_steps must be >= 1, got {ode_steps}")
-    latent = DefensiveLatent(defensive, defensive_scale)
-    divergence = functools.partial(exact_divergence, chunk_size=chunk_size)
-    draw = _cnf_draw(flow, seed, lambda z, g: divergence, ode_steps, latent)
-    settings = {"ode_steps": ode_steps or flow.n_steps, "defensive": defensive, "defensive_scale": defensive_scale}
-    return _importance(system, n, seed, "cnf-exact", model_name, draw, batch_size, progress, checkpoint,
-                       checkpoint_seconds, settings, True, {**settings, "ode_passes_per_sample": 1 + flow.latent_dim})
-
-
-def sample_cnf_hutchinson(
-    system: System,
-    n: int,
-    seed: int = 0,
-    model: str | Path | ContinuousFlow | None = None,
-    n_probes: int = 1,
-    probe: Literal["rademacher", "gaussian"] = "rademacher",
-    batch_size: int = 256,
-    ode_steps: int | None = None,
-    progress: bool = True,
-    checkpoint: str | Path | None = None,
-    checkpoint_seconds: float = 60.0,
-) -> SampleSet:
-    """Continuous-flow samples weighted with Hutchinson's log-density estimate — **biased** weights.
-
-    ``log q`` is unbiased for the flow's log-density, so ``exp(−u − log q)`` is not unbiased for
-    the weight (Jensen): estimates converge to a distorted distribution. This is the cheap baseline
-    that flow perturbation fixes; ``normalized_proposal`` is False (no log Z from these weights).
-
-    Parameters
-    ----------
-    system : System
-        Target.
-    n : int
-        Number of samples.
-    seed : int
-        Seed of the latent draws and probes.
-    model : path or ContinuousFlow
-        A continuous-flow file or object.
-    n_probes : int
-        Probes per path (each one vector-Jacobian product per RK4 stage).
-    probe : {"rademacher", "gaussian"}
-        Probe distribution.
-    batch_size : int
-        Samples per batch.
-    ode_steps : int, optional
-        RK4 steps (default: the model's).
-    progress : bool
-        Progress bar.
-    checkpoint : path, optional
-        Checkpoint file; an existing one from the same run is resumed.
-    checkpoint_seconds : float
-        Seconds between checkpoints.
-
-    Returns
-    -------
-    SampleSet
-        Independent samples with (biased) log-weights.
-    """
-    flow, model_name = resolve_continuous_model(system, model)
-    if probe not in PROBES or n_probes < 1:
-        raise ValueError(f"need n_probes >= 1 and probe in {PROBES}, got {n_probes}, {probe!r}")
-    if ode_steps is not None and ode_steps < 1:
-        raise ValueError(f"ode_steps must be >= 1, got {ode_steps}")
-    draw = _cnf_draw(flow, seed, lambda z, g: HutchinsonDivergence.draw(n_probes, z, probe, g), ode_steps,
-                     DefensiveLatent())
-    steps = ode_steps or flow.n_steps
-    return _importance(system, n, seed, "cnf-hutchinson", model_name, draw, batch_size, progress, checkpoint,
-                       checkpoint_seconds, {"ode_steps": steps, "n_probes": n_probes, "probe": probe}, False,
-                       {"ode_steps": steps, "n_probes": n_probes, "probe": probe, "ode_passes_per_sample": 1 + n_probes,
-                        "weights": "biased: exp of an unbiased log-density estimate (Hutchinson)"})
 
 
 def _extended_draw(
@@ -437,8 +132,9 @@ def sample_fp_is(
     settings = {"estimator": estimator, "sigma_b": sigma_b if sigma_b is not None else flow.sigma_b,
                 "fd_step": fd_step, "ode_steps": ode_steps or flow.n_steps, "step_noise": step_noise,
                 "defensive": defensive, "defensive_scale": defensive_scale}
-    return _importance(system, n, seed, "fp-is", model_name, draw, batch_size, progress, checkpoint,
-                       checkpoint_seconds, settings, estimator != "hutchinson", {**settings, "ode_passes_per_sample": ODE_PASSES[estimator]})
+    return importance_samples(system, n, seed, "fp-is", model_name, draw, batch_size, progress, checkpoint,
+                              checkpoint_seconds, settings, estimator != "hutchinson",
+                              {**settings, "ode_passes_per_sample": ODE_PASSES[estimator]})
 
 
 def refresh_move(
@@ -638,5 +334,6 @@ def sample_fp(
     )
 
 
-__all__ = ["ExtendedTarget", "refresh_move", "resolve_continuous_model", "sample_cnf_exact", "sample_cnf_hutchinson",
-           "sample_fp", "sample_fp_is"]
+
+
+__all__ = ["refresh_move", "sample_fp", "sample_fp_is"]

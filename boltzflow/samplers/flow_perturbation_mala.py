@@ -1,7 +1,7 @@
 """Gradient-based (Metropolis-adjusted Langevin) moves on the extended space ``(x_T, ε)`` of flow perturbation.
 
 The SMC targets ``π_β(y) ∝ N(x_T) N(ε) ω(x_T, ε)^β`` with ``y = (x_T, ε)`` (``d + m`` coordinates,
-``m`` = :attr:`~.flow_perturbation.ExtendedTarget.noise_dim`: ``N·d`` for ``"multistep"``),
+``m`` = :attr:`~boltzflow.flows.perturbation_target.ExtendedTarget.noise_dim`: ``N·d`` for ``"multistep"``),
 
     log π_β(y) = −½‖x_T‖² − ½‖ε‖² + β log ω(y) + const,
 
@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from ..flows.continuous_perturbation import flow_perturbation, log_omega
-from .flow_perturbation import ExtendedTarget
+from ..flows.perturbation_target import ExtendedTarget
 
 TARGET_ACCEPTANCE = 0.574  # optimal MALA acceptance in high dimension (Roberts & Rosenthal 1998)
 

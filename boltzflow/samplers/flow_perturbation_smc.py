@@ -35,10 +35,12 @@ from tqdm.auto import tqdm
 from ..estimate.weights import relative_ess
 from ..flows.continuous import ContinuousFlow
 from ..flows.continuous_perturbation import STEP_NOISE
+from ..flows.perturbation_target import ODE_PASSES, ExtendedTarget
 from ..samples import SampleSet
 from ..systems.system import System
 from .checkpoint import Checkpoint
-from .flow_perturbation import ODE_PASSES, ExtendedTarget, refresh_move, resolve_continuous_model
+from .cnf import resolve_continuous_model
+from .flow_perturbation import refresh_move
 from .flow_perturbation_mala import adapt_step, log_omega_with_gradient, mala_move
 from .metadata import run_metadata
 
