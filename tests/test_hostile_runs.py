@@ -141,9 +141,14 @@ def _bad_out(tmp_path: Path, case: str) -> tuple[Path, str]:
         return blocker, "is a file, not a folder"
     if case == "below a file":
         return blocker / "run", "a part of its path is a file"
-    read_only = tmp_path / "read-only"
-    read_only.mkdir()
-    read_only.chmod(0o555)
+    if os.geteuid() == 0:  # root writes through permission bits: use a folder the kernel itself keeps read-only
+        read_only = Path("/sys/kernel")
+        if not read_only.is_dir():
+            pytest.skip("running as root without a read-only /sys/kernel to stand for a read-only folder")
+    else:
+        read_only = tmp_path / "read-only"
+        read_only.mkdir()
+        read_only.chmod(0o555)
     if case == "into a read-only folder":
         return read_only / "run", "cannot create run folder"
     return read_only, "is not writable"
@@ -152,8 +157,6 @@ def _bad_out(tmp_path: Path, case: str) -> tuple[Path, str]:
 @pytest.mark.parametrize("case", ["existing file", "below a file", "into a read-only folder", "read-only folder"])
 @pytest.mark.parametrize("command", [["sample", SYSTEM], ["train", SYSTEM], ["train-cnf", SYSTEM]])
 def test_an_unusable_out_is_one_line_at_once(tmp_path, capsys, monkeypatch, case, command):
-    if "read-only" in case and os.geteuid() == 0:
-        pytest.skip("root writes into read-only folders")
     out, message = _bad_out(tmp_path, case)
     monkeypatch.setattr(cli, "load_system", lambda *a, **k: pytest.fail("work started before --out was checked"))
     assert main([*command, "--out", str(out)]) == 2
